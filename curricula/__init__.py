@@ -1,0 +1,1 @@
+"""Task pools and samplers."""

@@ -1,0 +1,1 @@
+"""Reward functions: verifiable outcome rewards and shaping."""

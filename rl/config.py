@@ -1,0 +1,182 @@
+"""Typed configuration: Hydra structured configs whose defaults are the embedded CPU run.
+
+The dataclasses below are the schema. `configs/` holds the YAML groups that fill it in;
+`load_config` composes them with command-line overrides, and Hydra rejects any key that is not
+in the schema, or a value of the wrong type, naming the key.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from hydra.core.config_store import ConfigStore
+from hydra.errors import HydraException
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+def default_cache_dir() -> str:
+    return os.environ.get("TURNRL_CACHE", str(Path.home() / ".cache" / "turnrl"))
+
+
+@dataclass
+class ModelConfig:
+    # The policy to train: any HF causal-LM directory (the SFT output by default).
+    path: str = "${cache_dir}/models/tiny-sft"
+    # Where `turnrl model init` writes the random tiny model and `turnrl sft` reads it.
+    base_path: str = "${cache_dir}/models/tiny-base"
+    dtype: str = "float32"  # vLLM on CPU supports float32 only
+    # Tiny-model shape for `turnrl model init`.
+    vocab_size: int = 2048
+    hidden_size: int = 256
+    num_layers: int = 4
+    seed: int = 0
+
+
+@dataclass
+class EnvConfig:
+    name: str = "kbsearch"
+    train_difficulties: list[int] = field(default_factory=lambda: [1, 2, 3])
+    eval_difficulties: list[int] = field(default_factory=lambda: [1, 2, 3])
+    eval_tasks_per_difficulty: int = 30
+    # Held-out tasks use seeds from this offset on; training seeds are drawn below it.
+    eval_seed_offset: int = 10_000_000
+
+
+@dataclass
+class VLLMConfig:
+    max_model_len: int = 1024
+    kv_cache_gib: int = 1  # VLLM_CPU_KVCACHE_SPACE on CPU
+    gpu_memory_utilization: float = 0.5
+    enforce_eager: bool = True
+    tensor_parallel_size: int = 1
+
+
+@dataclass
+class RolloutConfig:
+    engine: str = "vllm"  # vllm | hf
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_turns: int = 8
+    max_tokens_per_turn: int = 64
+    max_total_tokens: int = 1024
+    max_consecutive_errors: int = 3
+    tool_timeout_s: float = 30.0
+    tool_threads: int = 8
+    vllm: VLLMConfig = field(default_factory=VLLMConfig)
+
+
+@dataclass
+class AlgoConfig:
+    name: str = "grpo"
+    group_size: int = 8  # episodes per task (the GRPO group)
+    tasks_per_step: int = 8
+    lr: float = 2e-4
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    clip_eps: float = 0.2
+    kl_coef: float = 0.0  # > 0 adds a k3 KL penalty to a frozen reference (the starting policy)
+    normalize_std: bool = True  # False is Dr.GRPO
+    micro_batch_size: int = 16
+    zero_stage: int = 2
+
+
+@dataclass
+class SFTConfig:
+    # Deliberately limited so RL has room to show what it adds: few demonstrations, mostly easy.
+    num_demos: int = 160
+    difficulty_weights: dict[int, float] = field(default_factory=lambda: {1: 0.7, 2: 0.25, 3: 0.05})
+    epochs: int = 3
+    lr: float = 1e-3
+    batch_size: int = 16
+    seed: int = 0
+
+
+@dataclass
+class LoggerConfig:
+    wandb_mode: str = "auto"  # auto (online when logged in, else offline) | online | offline | disabled
+    project: str = "turnrl"
+    run_name: str = ""
+    log_samples_every: int = 5  # steps between wandb tables of sample trajectories
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 30
+    seed: int = 0
+    out_dir: str = "runs/${logger.project}-${env.name}"
+    eval_every: int = 0  # 0: evaluate only before and after RL
+    save_every: int = 10
+    resume: str = ""  # a checkpoint directory (or a run's checkpoints/ folder: its latest) to resume from
+
+
+@dataclass
+class TurnRLConfig:
+    cache_dir: str = field(default_factory=default_cache_dir)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    env: EnvConfig = field(default_factory=EnvConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    algo: AlgoConfig = field(default_factory=AlgoConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+class ConfigError(ValueError):
+    """A bad config: unknown key, wrong type or an invalid value, named in the message."""
+
+
+_ENGINES = ("vllm", "hf")
+_WANDB_MODES = ("auto", "online", "offline", "disabled")
+
+ConfigStore.instance().store(name="turnrl_schema", node=TurnRLConfig)
+
+
+def load_config(overrides: list[str] | None = None, config_name: str = "config") -> TurnRLConfig:
+    """Compose `configs/<config_name>.yaml` with `overrides` (Hydra syntax) into a TurnRLConfig."""
+    try:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            composed = compose(config_name=config_name, overrides=list(overrides or []))
+        cfg: TurnRLConfig = OmegaConf.to_object(composed)
+    except (HydraException, OmegaConfBaseException) as err:
+        raise ConfigError(_explain(err)) from None
+    validate(cfg)
+    return cfg
+
+
+def _explain(err: Exception) -> str:
+    # Hydra wraps the OmegaConf error that names the key; surface the innermost message.
+    inner = err
+    while inner.__cause__ is not None:
+        inner = inner.__cause__
+    text = str(inner).strip()
+    return f"invalid config: {text}" if inner is err else f"invalid config: {err}\n  cause: {text}"
+
+
+def validate(cfg: TurnRLConfig) -> None:
+    """Checks of values that types alone cannot express."""
+    from rollout.env import registered_envs
+
+    if cfg.env.name not in registered_envs():
+        raise ConfigError(f"env.name={cfg.env.name!r} is not a registered environment: {registered_envs()}")
+    if cfg.rollout.engine not in _ENGINES:
+        raise ConfigError(f"rollout.engine={cfg.rollout.engine!r} must be one of {_ENGINES}")
+    if cfg.logger.wandb_mode not in _WANDB_MODES:
+        raise ConfigError(f"logger.wandb_mode={cfg.logger.wandb_mode!r} must be one of {_WANDB_MODES}")
+    if cfg.algo.group_size < 2:
+        raise ConfigError(f"algo.group_size={cfg.algo.group_size} must be >= 2 for group-normalised advantages")
+    for name, value in [("algo.tasks_per_step", cfg.algo.tasks_per_step), ("train.steps", cfg.train.steps),
+                        ("rollout.max_turns", cfg.rollout.max_turns)]:
+        if value < 1:
+            raise ConfigError(f"{name}={value} must be >= 1")
+    if cfg.algo.zero_stage not in (0, 1, 2, 3):
+        raise ConfigError(f"algo.zero_stage={cfg.algo.zero_stage} must be 0, 1, 2 or 3")
+
+
+def to_yaml(cfg: TurnRLConfig) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))

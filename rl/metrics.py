@@ -1,0 +1,92 @@
+"""The one metrics sink: every metric goes to `metrics.jsonl` and, unless disabled, to wandb.
+
+Metric names follow the usual prefixes: `rollout/`, `train/`, `reward/`, `eval/`, `perf/`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import netrc
+import os
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+def resolve_wandb_mode(mode: str) -> str:
+    """`auto` means online when the user is logged in to wandb, offline otherwise."""
+    if mode != "auto":
+        return mode
+    if os.environ.get("WANDB_API_KEY"):
+        return "online"
+    try:
+        hosts = netrc.netrc().hosts
+    except (FileNotFoundError, netrc.NetrcParseError):
+        return "offline"
+    return "online" if any("wandb" in host for host in hosts) else "offline"
+
+
+class MetricsSink:
+    def __init__(self, out_dir: Path, config: dict[str, Any], wandb_mode: str, project: str, run_name: str,
+                 resume_step: int = 0) -> None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        self.path = out_dir / "metrics.jsonl"
+        if resume_step == 0 and self.path.exists():
+            self.path.unlink()
+        elif resume_step > 0:
+            self._drop_after(resume_step)
+        self._file = self.path.open("a")
+        self.history: list[dict[str, Any]] = self._read_history()
+        self.wandb = None
+        mode = resolve_wandb_mode(wandb_mode)
+        if mode != "disabled":
+            import wandb
+
+            self.wandb = wandb.init(project=project, name=run_name or None, config=config, mode=mode,
+                                    dir=str(out_dir), reinit="finish_previous")
+            log.info("wandb run %s (%s) in %s", self.wandb.id, mode, out_dir)
+
+    def _drop_after(self, step: int) -> None:
+        # A resumed run replays steps after its checkpoint; their old lines would be duplicates.
+        if not self.path.exists():
+            return
+        lines = [line for line in self.path.read_text().splitlines() if line.strip()]
+        kept = [line for line in lines if json.loads(line).get("step", 0) <= step]
+        self.path.write_text("".join(line + "\n" for line in kept))
+
+    def _read_history(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        row = {"step": step, **{k: _plain(v) for k, v in metrics.items()}}
+        self.history.append(row)
+        self._file.write(json.dumps(row) + "\n")
+        self._file.flush()
+        if self.wandb is not None:
+            self.wandb.log(metrics, step=step)
+
+    def log_table(self, name: str, columns: list[str], rows: list[list[Any]], step: int) -> None:
+        if self.wandb is not None:
+            import wandb
+
+            self.wandb.log({name: wandb.Table(columns=columns, data=rows)}, step=step)
+
+    def set_summary(self, summary: dict[str, Any]) -> None:
+        if self.wandb is not None:
+            for key, value in summary.items():
+                self.wandb.summary[key] = value
+
+    def close(self) -> None:
+        self._file.close()
+        if self.wandb is not None:
+            self.wandb.finish()
+
+
+def _plain(value: Any) -> Any:
+    value = float(value) if hasattr(value, "item") else value
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value

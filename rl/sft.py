@@ -1,0 +1,117 @@
+"""SFT warm start: teach the base model the tool-call format from the expert's demonstrations.
+
+The loss is on the expert's (assistant) tokens only; demonstrations are laid out by the real agent
+loop (`rollout.demos`), so SFT sees exactly the token layout RL will produce.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from rollout.chat import ChatFormat
+from rollout.demos import expert_trajectory
+from rollout.env import get_env
+from rollout.types import Task, Trajectory
+
+log = logging.getLogger(__name__)
+
+# SFT demonstrations draw seeds from their own range, apart from RL training and held-out tasks.
+SFT_SEED_BASE = 20_000_000
+
+
+@dataclass
+class SFTResult:
+    num_demos: int
+    num_tokens: int
+    final_loss: float
+    out_dir: Path
+
+
+def sample_demo_tasks(env_name: str, num: int, difficulty_weights: dict[int, float], seed: int) -> list[Task]:
+    env_cls = get_env(env_name)
+    rng = random.Random(seed)
+    levels = sorted(difficulty_weights)
+    weights = [difficulty_weights[d] for d in levels]
+    return [env_cls.generate_task(SFT_SEED_BASE + seed * 1_000_000 + i, rng.choices(levels, weights)[0])
+            for i in range(num)]
+
+
+def pad_batch(trajs: list[Trajectory], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-padded (input_ids [B,T], attention_mask [B,T], loss_mask [B,T])."""
+    width = max(len(t.token_ids) for t in trajs)
+    ids = torch.full((len(trajs), width), pad_id, dtype=torch.long)
+    attn = torch.zeros((len(trajs), width), dtype=torch.long)
+    mask = torch.zeros((len(trajs), width), dtype=torch.float32)
+    for row, traj in enumerate(trajs):
+        n = len(traj.token_ids)
+        ids[row, :n] = torch.tensor(traj.token_ids)
+        attn[row, :n] = 1
+        mask[row, :n] = torch.tensor(traj.loss_mask, dtype=torch.float32)
+    return ids, attn, mask
+
+
+def sft_loss(model, ids: torch.Tensor, attn: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Token-mean cross-entropy on positions with mask 1 (token t predicted from logits at t-1)."""
+    logits = model(input_ids=ids, attention_mask=attn).logits[:, :-1]
+    targets = ids[:, 1:]
+    weights = mask[:, 1:]
+    nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1),
+                                            reduction="none").view_as(weights)
+    return (nll * weights).sum() / weights.sum().clamp(min=1.0)
+
+
+def run_sft(base_path: str, out_dir: str, env_name: str, num_demos: int, difficulty_weights: dict[int, float],
+            epochs: int, lr: float, batch_size: int, seed: int) -> SFTResult:
+    """Train `base_path` on expert demonstrations and write the policy to `out_dir` (HF format)."""
+    torch.manual_seed(seed)
+    tokenizer = AutoTokenizer.from_pretrained(base_path)
+    model = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
+    chat = ChatFormat(tokenizer, get_env(env_name).tools)
+    tasks = sample_demo_tasks(env_name, num_demos, difficulty_weights, seed)
+    demos = [expert_trajectory(chat, t) for t in tqdm(tasks, desc="demos", unit="demo", leave=False)]
+    log.info("SFT on %d demonstrations (%d tokens, %d supervised)", len(demos),
+             sum(len(d.token_ids) for d in demos), sum(d.num_generated_tokens for d in demos))
+
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    total_steps = epochs * ((len(demos) + batch_size - 1) // batch_size)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min(1.0, (s + 1) / max(1, total_steps // 10)) * max(0.0, 1 - s / total_steps)
+    )
+    rng = random.Random(seed)
+    model.train()
+    loss = torch.tensor(float("nan"))
+    with tqdm(total=total_steps, desc="sft", unit="step") as bar:
+        for _ in range(epochs):
+            order = list(range(len(demos)))
+            rng.shuffle(order)
+            for start in range(0, len(order), batch_size):
+                batch = [demos[i] for i in order[start : start + batch_size]]
+                loss = sft_loss(model, *pad_batch(batch, tokenizer.pad_token_id))
+                optimizer.zero_grad()
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                optimizer.step()
+                schedule.step()
+                bar.set_postfix(loss=f"{loss.item():.3f}")
+                bar.update()
+    save_model(model, tokenizer, Path(out_dir))
+    return SFTResult(len(demos), sum(len(d.token_ids) for d in demos), float(loss.item()), Path(out_dir))
+
+
+def save_model(model, tokenizer, out_dir: Path) -> None:
+    """Write an HF model directory atomically: into a sibling temp dir, then rename over."""
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    tmp.rename(out_dir)

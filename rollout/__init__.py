@@ -1,0 +1,1 @@
+"""Trajectories as data, the multi-turn agent loop, inference engines, environments and tools."""

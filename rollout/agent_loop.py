@@ -1,0 +1,165 @@
+"""The multi-turn agent loop: one coroutine per episode, token-in/token-out.
+
+Episodes of a batch run concurrently (`run_episodes`), each awaiting the engine on its own, so
+there is no barrier between turns of different episodes; environments step in a thread pool so a
+slow tool never blocks the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass, replace
+
+from rollout.chat import ChatFormat, parse_action
+from rollout.engines.base import Engine, SamplingConfig
+from rollout.env import get_env
+from rollout.types import FinishReason, StepResult, Task, Trajectory, Turn
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EpisodeLimits:
+    max_turns: int = 8
+    max_tokens_per_turn: int = 64
+    max_total_tokens: int = 1024  # prompt + everything appended, the engine's context budget
+    max_consecutive_errors: int = 3  # bad tool calls in a row before the episode ends as TOOL_ERROR
+    tool_timeout_s: float = 30.0
+
+
+class _EpisodeBuffer:
+    """The growing token list of one episode with its aligned per-token fields."""
+
+    def __init__(self, prompt_ids: list[int]) -> None:
+        self.token_ids = list(prompt_ids)
+        self.loss_mask = [0] * len(prompt_ids)
+        self.logprobs = [0.0] * len(prompt_ids)
+        self.versions = [-1] * len(prompt_ids)
+
+    def add_generated(self, token_ids: list[int], logprobs: list[float], version: int) -> None:
+        self.token_ids += token_ids
+        self.loss_mask += [1] * len(token_ids)
+        self.logprobs += logprobs
+        self.versions += [version] * len(token_ids)
+
+    def add_context(self, token_ids: list[int]) -> None:
+        self.token_ids += token_ids
+        self.loss_mask += [0] * len(token_ids)
+        self.logprobs += [0.0] * len(token_ids)
+        self.versions += [-1] * len(token_ids)
+
+
+async def _step_env(env, call, executor: Executor | None, timeout_s: float) -> StepResult | None:
+    """Run env.step in the pool; None on timeout. A tool that raises is an error observation."""
+    loop = asyncio.get_running_loop()
+    try:
+        return await asyncio.wait_for(loop.run_in_executor(executor, env.step, call), timeout_s)
+    except TimeoutError:
+        return None
+    except Exception as err:  # a broken tool must not take the run down; the agent reads the error
+        log.warning("tool %s raised %r", call.name, err)
+        return StepResult(observation=f"Error: tool {call.name} failed: {err}", error=True)
+
+
+async def run_episode(
+    engine: Engine,
+    chat: ChatFormat,
+    task: Task,
+    sampling: SamplingConfig,
+    limits: EpisodeLimits,
+    group_id: str = "",
+    executor: Executor | None = None,
+) -> Trajectory:
+    """Play one episode of `task` with the engine's current policy and return its trajectory."""
+    env = get_env(task.env)(task)
+    try:
+        buf = _EpisodeBuffer(chat.prompt_ids(env.reset()))
+        prompt_length = len(buf.token_ids)
+        turns: list[Turn] = []
+        finish = FinishReason.MAX_TURNS
+        consecutive_errors = 0
+        for turn_index in range(limits.max_turns):
+            budget = min(limits.max_tokens_per_turn, limits.max_total_tokens - len(buf.token_ids))
+            if budget <= 0:
+                finish = FinishReason.MAX_LENGTH
+                break
+            # A distinct seed per turn: the same seed every turn would replay one random stream.
+            seed = None if sampling.seed is None else sampling.seed * 1009 + turn_index
+            gen = await engine.generate(
+                buf.token_ids, replace(sampling, max_tokens=budget, stop_token_ids=[chat.eos_id], seed=seed)
+            )
+            start = len(buf.token_ids)
+            buf.add_generated(gen.token_ids, gen.logprobs, gen.version)
+            turn = Turn(action_start=start, action_end=len(buf.token_ids), observation_end=len(buf.token_ids))
+            turns.append(turn)
+
+            parsed = parse_action(chat.decode(gen.token_ids))
+            if parsed.call is None:
+                result = StepResult(observation=f"Error: {parsed.error}", error=True)
+            else:
+                result = await _step_env(env, parsed.call, executor, limits.tool_timeout_s)
+                if result is None:
+                    finish = FinishReason.TIMEOUT
+                    break
+            turn.tool_error = result.error
+            consecutive_errors = consecutive_errors + 1 if result.error else 0
+            if result.done:
+                finish = FinishReason.DONE
+                break
+            if consecutive_errors >= limits.max_consecutive_errors:
+                finish = FinishReason.TOOL_ERROR
+                break
+            # A turn cut off by the token budget never emitted its end-of-turn token; close it
+            # as context (mask 0) so the next turn sees a well-formed conversation.
+            closing = [] if gen.finish_reason == "stop" else [chat.eos_id]
+            observation = closing + chat.observation_ids(result.observation)
+            if len(buf.token_ids) + len(observation) >= limits.max_total_tokens:
+                finish = FinishReason.MAX_LENGTH
+                break
+            buf.add_context(observation)
+            turn.observation_end = len(buf.token_ids)
+
+        success = bool(env.verify())
+    finally:
+        env.close()
+    return Trajectory(
+        task_id=task.id,
+        group_id=group_id,
+        token_ids=buf.token_ids,
+        loss_mask=buf.loss_mask,
+        logprobs=buf.logprobs,
+        versions=buf.versions,
+        prompt_length=prompt_length,
+        turns=turns,
+        finish_reason=finish,
+        success=success,
+        difficulty=task.difficulty,
+    )
+
+
+async def run_episodes(
+    engine: Engine,
+    chat: ChatFormat,
+    tasks: Sequence[Task],
+    sampling: SamplingConfig,
+    limits: EpisodeLimits,
+    group_ids: Sequence[str] | None = None,
+    executor: Executor | None = None,
+    on_done=None,
+) -> list[Trajectory]:
+    """Run all episodes concurrently; results in the order of `tasks`. `on_done()` is called as
+    each episode finishes (for progress bars)."""
+
+    async def one(i: int, task: Task) -> Trajectory:
+        seeded = sampling if sampling.seed is None else replace(sampling, seed=sampling.seed + i)
+        traj = await run_episode(
+            engine, chat, task, seeded, limits, group_ids[i] if group_ids else task.id, executor
+        )
+        if on_done is not None:
+            on_done()
+        return traj
+
+    return list(await asyncio.gather(*(one(i, t) for i, t in enumerate(tasks))))

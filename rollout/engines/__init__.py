@@ -1,0 +1,1 @@
+"""Inference engines: vLLM for real runs, Hugging Face `generate` for fast tests."""

@@ -1,0 +1,3 @@
+"""Built-in environments; importing this package registers them."""
+
+from rollout.envs import craft, kbsearch  # noqa: F401
