@@ -21,6 +21,7 @@ CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 
 def default_cache_dir() -> str:
+    """Where turnrl keeps models: `$TURNRL_CACHE`, else `~/.cache/turnrl`."""
     return os.environ.get("TURNRL_CACHE", str(Path.home() / ".cache" / "turnrl"))
 
 

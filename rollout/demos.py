@@ -7,6 +7,7 @@ example has exactly the tokens, masks and observation deltas an RL episode would
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Iterator
 
 from rollout.agent_loop import EpisodeLimits, run_episode
@@ -49,8 +50,6 @@ def expert_trajectory(chat: ChatFormat, task: Task, max_total_tokens: int = 4096
 def corpus_texts(env_name: str, num_tasks: int, seed: int = 0) -> Iterator[str]:
     """Text an environment produces (tool specs, instructions, expert calls, observations), for
     training a tokenizer before any model exists."""
-    import json
-
     env_cls = get_env(env_name)
     yield json.dumps([t.to_json_schema() for t in env_cls.tools])
     for i in range(num_tasks):

@@ -1,0 +1,155 @@
+"""The `turnrl` command line: model init, SFT, training and evaluation, all on one Hydra config."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from rl.config import CONFIG_DIR, ConfigError, TurnRLConfig, load_config, to_yaml
+
+log = logging.getLogger("turnrl")
+
+EPILOG = f"""\
+Every command takes Hydra overrides of the config (typed; an unknown key or a bad value stops
+with the key's name). Config groups live in {CONFIG_DIR}:
+  env=kbsearch|craft   rollout=vllm|hf   algo=grpo|dr_grpo   +experiment=smoke
+Examples:
+  turnrl model init                      # tiny Qwen2 model + tokenizer, made locally
+  turnrl sft                             # expert-demonstration warm start
+  turnrl train train.steps=50 algo.lr=1e-4
+  turnrl train model.path=/ckpt/Qwen2.5-7B-Instruct rollout.vllm.tensor_parallel_size=2
+  turnrl train train.resume=runs/turnrl-kbsearch/checkpoints
+  turnrl eval model.path=runs/turnrl-kbsearch/final_model
+  turnrl train --print-config            # show the resolved config and exit
+"""
+
+
+def _setup_logging(log_file: Path | None = None) -> None:
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if log_file is not None:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(log_file))
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        handlers=handlers, force=True)
+    for noisy in ("httpx", "urllib3", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def cmd_model_init(cfg: TurnRLConfig) -> None:
+    from rl.tiny_model import TinyModelConfig, build_tiny_model
+    from rollout.demos import corpus_texts
+    from rollout.env import registered_envs
+
+    texts = [text for env in registered_envs() for text in corpus_texts(env, num_tasks=400, seed=cfg.model.seed)]
+    shape = TinyModelConfig(vocab_size=cfg.model.vocab_size, hidden_size=cfg.model.hidden_size,
+                            num_hidden_layers=cfg.model.num_layers, seed=cfg.model.seed)
+    path = build_tiny_model(Path(cfg.model.base_path), texts, shape)
+    log.info("tiny model written to %s", path)
+
+
+def cmd_sft(cfg: TurnRLConfig) -> None:
+    from rl.sft import run_sft
+
+    if not Path(cfg.model.base_path, "config.json").exists():
+        raise SystemExit(f"no base model at {cfg.model.base_path}: run `turnrl model init` first")
+    s = cfg.sft
+    result = run_sft(cfg.model.base_path, cfg.model.path, cfg.env.name, s.num_demos, s.difficulty_weights,
+                     s.epochs, s.lr, s.batch_size, s.seed)
+    log.info("SFT policy written to %s (%d demos, final loss %.4f)", result.out_dir, result.num_demos,
+             result.final_loss)
+
+
+def cmd_train(cfg: TurnRLConfig) -> None:
+    from rl.train import train
+
+    _require_model(cfg.model.path)
+    summary = train(cfg)
+    print(json.dumps(summary, indent=2))
+
+
+def cmd_eval(cfg: TurnRLConfig) -> None:
+    from transformers import AutoTokenizer
+
+    from curricula.tasks import heldout_tasks
+    from rl.engines import make_engine
+    from rl.evaluate import evaluate
+    from rl.train import episode_limits
+    from rollout.chat import ChatFormat
+    from rollout.env import get_env
+
+    _require_model(cfg.model.path)
+
+    async def run() -> None:
+        engine = make_engine(cfg, cfg.model.path)
+        try:
+            chat = ChatFormat(AutoTokenizer.from_pretrained(cfg.model.path), get_env(cfg.env.name).tools)
+            tasks = heldout_tasks(cfg.env.name, cfg.env.eval_difficulties, cfg.env.eval_tasks_per_difficulty,
+                                  cfg.env.eval_seed_offset)
+            result, _ = await evaluate(engine, chat, tasks, episode_limits(cfg))
+        finally:
+            await engine.shutdown()
+        print(json.dumps({"model": cfg.model.path, "env": cfg.env.name, **result.metrics("eval/"),
+                          "finish_reasons": result.finish_reasons}, indent=2))
+
+    asyncio.run(run())
+
+
+def _require_model(path: str) -> None:
+    if not Path(path, "config.json").exists():
+        raise SystemExit(f"no model at model.path={path}: run `turnrl model init && turnrl sft` for the tiny "
+                         "default, or point model.path at a Hugging Face model directory")
+
+
+COMMANDS = {
+    "sft": (cmd_sft, "train the base model on expert demonstrations (writes model.path)"),
+    "train": (cmd_train, "RL training: GRPO with rollouts through the inference engine"),
+    "eval": (cmd_eval, "greedy success on the fixed held-out task set, by difficulty"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="turnrl", description="Online multi-turn agentic RL trainer.",
+                                     epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def add(name: str, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text, epilog=EPILOG,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        p.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. algo.lr=1e-4 env=craft")
+        p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+        return p
+
+    model = sub.add_parser("model", help="make models locally")
+    model_sub = model.add_subparsers(dest="model_command", required=True)
+    init = model_sub.add_parser("init", help="build the tiny Qwen2 model and its tokenizer (model.base_path)")
+    init.add_argument("overrides", nargs="*")
+    init.add_argument("--print-config", action="store_true")
+    for name, (_, help_text) in COMMANDS.items():
+        add(name, help_text)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    _setup_logging()
+    try:
+        cfg = load_config(args.overrides)
+    except ConfigError as err:
+        raise SystemExit(f"turnrl: {err}") from None
+    if args.print_config:
+        print(to_yaml(cfg))
+        return
+    if args.command == "train":
+        _setup_logging(Path(cfg.train.out_dir) / "train.log")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    handler = cmd_model_init if args.command == "model" else COMMANDS[args.command][0]
+    handler(cfg)
+
+
+if __name__ == "__main__":
+    main()

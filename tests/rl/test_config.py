@@ -1,0 +1,48 @@
+import pytest
+
+from rl.cli import main
+from rl.config import ConfigError, load_config
+
+
+def test_default_config_is_the_embedded_cpu_run():
+    cfg = load_config()
+    assert cfg.env.name == "kbsearch" and cfg.rollout.engine == "vllm" and cfg.model.dtype == "float32"
+    assert "${" not in cfg.model.path  # interpolations resolved
+
+
+def test_overrides_and_groups_apply():
+    cfg = load_config(["algo.lr=1e-5", "env=craft", "rollout=hf", "+experiment=smoke"])
+    assert cfg.algo.lr == 1e-5 and cfg.env.name == "craft" and cfg.rollout.engine == "hf"
+    assert cfg.train.steps == 2
+
+
+@pytest.mark.parametrize(
+    "override, names",
+    [
+        ("algo.bogus=1", "bogus"),
+        ("bogus_top_level=1", "bogus_top_level"),
+        ("algo.lr=fast", "algo.lr"),
+        ("rollout.max_turns=many", "rollout.max_turns"),
+        ("env.name=nowhere", "nowhere"),
+        ("rollout.engine=sglang", "rollout.engine"),
+        ("algo.group_size=1", "algo.group_size"),
+    ],
+)
+def test_bad_keys_and_values_fail_naming_the_key(override, names):
+    with pytest.raises(ConfigError, match=names):
+        load_config([override])
+
+
+def test_cli_stops_at_start_up_on_a_bad_key(capsys):
+    with pytest.raises(SystemExit, match="algo.nope"):
+        main(["train", "algo.nope=3"])
+
+
+def test_cli_prints_the_resolved_config(capsys):
+    main(["train", "--print-config", "algo.lr=0.123"])
+    assert "lr: 0.123" in capsys.readouterr().out
+
+
+def test_cache_dir_follows_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("TURNRL_CACHE", str(tmp_path))
+    assert load_config().model.path == f"{tmp_path}/models/tiny-sft"

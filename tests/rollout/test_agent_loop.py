@@ -1,0 +1,150 @@
+"""The token-in/token-out invariant and the episode's finish reasons."""
+
+import asyncio
+import time
+
+import pytest
+
+from rollout.agent_loop import EpisodeLimits, run_episode, run_episodes
+from rollout.chat import ChatFormat, format_tool_call
+from rollout.demos import ScriptedEngine
+from rollout.engines.base import Generation, SamplingConfig
+from rollout.env import get_env, register_env
+from rollout.types import FinishReason, StepResult, Task, ToolCall, ToolSpec
+
+
+class RecordingEngine:
+    """Wraps an engine and records every prompt it was given and every generation it returned."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.version = inner.version
+        self.calls: list[tuple[list[int], Generation]] = []
+
+    async def generate(self, prompt_ids, sampling):
+        prompt = list(prompt_ids)
+        gen = await self.inner.generate(prompt_ids, sampling)
+        self.calls.append((prompt, gen))
+        return gen
+
+
+def assert_token_in_token_out(traj, calls):
+    """Every prompt is the trajectory so far; every generation sits verbatim at its turn's span;
+    the loss mask is 1 exactly on generated tokens, with their behaviour log-probs."""
+    assert len(calls) == len(traj.turns)
+    generated_positions = set()
+    for (prompt, gen), turn in zip(calls, traj.turns, strict=True):
+        assert traj.token_ids[: len(prompt)] == prompt
+        assert turn.action_start == len(prompt)
+        assert traj.token_ids[turn.action_start : turn.action_end] == gen.token_ids
+        assert traj.logprobs[turn.action_start : turn.action_end] == gen.logprobs
+        assert traj.versions[turn.action_start : turn.action_end] == [gen.version] * len(gen.token_ids)
+        generated_positions.update(range(turn.action_start, turn.action_end))
+    assert [i for i, m in enumerate(traj.loss_mask) if m] == sorted(generated_positions)
+    assert len(traj.token_ids) == len(traj.loss_mask) == len(traj.logprobs) == len(traj.versions)
+
+
+def test_multi_turn_tool_episode_keeps_tokens_exactly(tiny_tokenizer):
+    env_cls = get_env("kbsearch")
+    task = env_cls.generate_task(seed=11, difficulty=3)
+    chat = ChatFormat(tiny_tokenizer, env_cls.tools)
+    calls = env_cls.expert_solution(task)
+    engine = RecordingEngine(ScriptedEngine(chat, [format_tool_call(c) for c in calls]))
+    traj = asyncio.run(run_episode(engine, chat, task, SamplingConfig(), EpisodeLimits(max_turns=10)))
+    assert traj.finish_reason == FinishReason.DONE and traj.success
+    assert len(traj.turns) == len(calls) >= 3
+    assert_token_in_token_out(traj, engine.calls)
+
+
+def test_sampled_episodes_from_a_real_engine_keep_tokens_exactly(tiny_model_dir, tiny_tokenizer):
+    from rollout.engines.hf import HFEngine
+
+    env_cls = get_env("kbsearch")
+    chat = ChatFormat(tiny_tokenizer, env_cls.tools)
+    engine = RecordingEngine(HFEngine(str(tiny_model_dir)))
+    tasks = [env_cls.generate_task(seed=s, difficulty=2) for s in range(3)]
+    limits = EpisodeLimits(max_turns=3, max_tokens_per_turn=12, max_total_tokens=2048)
+    trajs = asyncio.run(run_episodes(engine, chat, tasks, SamplingConfig(seed=0), limits))
+    for traj in trajs:
+        mine = [(p, g) for p, g in engine.calls if traj.token_ids[: len(p)] == p
+                and traj.token_ids[len(p) : len(p) + len(g.token_ids)] == g.token_ids]
+        assert_token_in_token_out(traj, mine)
+        assert traj.finish_reason in (FinishReason.MAX_TURNS, FinishReason.TOOL_ERROR)
+
+
+def test_turn_cut_by_token_budget_is_closed_with_an_unmasked_eos(tiny_tokenizer):
+    env_cls = get_env("kbsearch")
+    task = env_cls.generate_task(seed=1, difficulty=1)
+    chat = ChatFormat(tiny_tokenizer, env_cls.tools)
+
+    class Rambler:
+        version = 7
+
+        async def generate(self, prompt_ids, sampling):
+            ids = chat.encode("hmm " * 50)[: sampling.max_tokens]
+            return Generation(ids, [-1.0] * len(ids), "length", self.version)
+
+    limits = EpisodeLimits(max_turns=2, max_tokens_per_turn=8, max_consecutive_errors=5)
+    traj = asyncio.run(run_episode(Rambler(), chat, task, SamplingConfig(), limits))
+    first = traj.turns[0]
+    assert first.action_end - first.action_start == 8 and first.tool_error
+    assert traj.token_ids[first.action_end] == chat.eos_id and traj.loss_mask[first.action_end] == 0
+    assert "no tool call" in tiny_tokenizer.decode(traj.token_ids[first.action_end : first.observation_end])
+
+
+def test_episode_token_budget_ends_with_max_length(tiny_tokenizer):
+    env_cls = get_env("kbsearch")
+    task = env_cls.generate_task(seed=2, difficulty=1)
+    chat = ChatFormat(tiny_tokenizer, env_cls.tools)
+    prompt_len = len(chat.prompt_ids(env_cls(task).reset()))
+    engine = ScriptedEngine(chat, ["x"] * 10)
+    limits = EpisodeLimits(max_turns=10, max_total_tokens=prompt_len + 30, max_consecutive_errors=10)
+    traj = asyncio.run(run_episode(engine, chat, task, SamplingConfig(), limits))
+    assert traj.finish_reason == FinishReason.MAX_LENGTH
+    assert len(traj.token_ids) <= prompt_len + 30
+
+
+@register_env("test-flaky")
+class FlakyEnv:
+    """Its `hang` tool never answers in time and its `boom` tool raises."""
+
+    tools = [ToolSpec("hang", "sleeps", {"type": "object", "properties": {}}),
+             ToolSpec("boom", "raises", {"type": "object", "properties": {}})]
+    difficulties = (1,)
+
+    def __init__(self, task):
+        self.task = task
+
+    def reset(self):
+        return "do it"
+
+    def step(self, call):
+        if call.name == "hang":
+            time.sleep(0.5)
+            return StepResult("late")
+        raise RuntimeError("backend exploded")
+
+    def verify(self):
+        return False
+
+    def close(self):
+        pass
+
+    @staticmethod
+    def generate_task(seed, difficulty):
+        return Task(id=f"flaky-{seed}", env="test-flaky", instruction="do it", params={})
+
+    @staticmethod
+    def expert_solution(task):
+        return []
+
+
+@pytest.mark.parametrize("tool, reason", [("hang", FinishReason.TIMEOUT), ("boom", FinishReason.TOOL_ERROR)])
+def test_hanging_and_raising_tools_end_the_episode_cleanly(tiny_tokenizer, tool, reason):
+    chat = ChatFormat(tiny_tokenizer, FlakyEnv.tools)
+    engine = ScriptedEngine(chat, [format_tool_call(ToolCall(tool, {}))] * 3)
+    limits = EpisodeLimits(max_turns=3, tool_timeout_s=0.05, max_consecutive_errors=2)
+    traj = asyncio.run(run_episode(engine, chat, FlakyEnv.generate_task(0, 1), SamplingConfig(), limits))
+    assert traj.finish_reason == reason and not traj.success
+    if tool == "boom":
+        assert "backend exploded" in tiny_tokenizer.decode(traj.token_ids)
