@@ -7,7 +7,6 @@ in the schema, or a value of the wrong type, naming the key.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,11 +17,6 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
-
-
-def default_cache_dir() -> str:
-    """Where turnrl keeps models: `$TURNRL_CACHE`, else `~/.cache/turnrl`."""
-    return os.environ.get("TURNRL_CACHE", str(Path.home() / ".cache" / "turnrl"))
 
 
 @dataclass
@@ -118,7 +112,8 @@ class TrainConfig:
 
 @dataclass
 class TurnRLConfig:
-    cache_dir: str = field(default_factory=default_cache_dir)
+    # Where models are made and kept: $TURNRL_CACHE, else ~/.cache/turnrl.
+    cache_dir: str = "${oc.env:TURNRL_CACHE,${oc.env:HOME}/.cache/turnrl}"
     model: ModelConfig = field(default_factory=ModelConfig)
     env: EnvConfig = field(default_factory=EnvConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)

@@ -1,0 +1,233 @@
+"""kbsearch: answer a multi-hop question over a small, procedurally generated knowledge base.
+
+Each task's world is 8-12 made-up entities (persons, cities, companies), every one with a few
+numbers and a few links, all drawn from `random.Random(seed)`. A question of difficulty d names one
+entity and a chain of d-1 links to follow, then the fact to read ("What is the population of the
+birthplace of Tavon?"), so the natural solution opens d entities. At d >= 2 about a third of the
+questions combine the ends of two shorter chains with plus/minus, which needs `calculate`.
+Questions use the link names exactly as `open` prints them, so a tiny model can match the two.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import dataclass, field
+
+from rollout.calculator import CalculatorError, calculate, format_number
+from rollout.env import register_env
+from rollout.tools import dispatch, episode_over, error_result, made_up_names
+from rollout.types import StepResult, Task, ToolCall, ToolSpec
+
+MAX_SEARCH_RESULTS = 5
+ARITHMETIC_SHARE = 1 / 3  # of questions at difficulty >= 2
+_WALK_TRIES = 200
+
+# kind -> link name -> kind it points to; every entity has every link of its kind
+LINKS = {
+    "person": {"birthplace": "city", "employer": "company"},
+    "city": {"mayor": "person"},
+    "company": {"hq": "city", "ceo": "person"},
+}
+# kind -> number name -> inclusive range
+NUMBERS = {
+    "person": {"age": (18, 80)},
+    "city": {"population": (100, 999)},
+    "company": {"founded": (1900, 2020), "employees": (10, 999)},
+}
+
+
+@dataclass
+class Entity:
+    name: str
+    kind: str
+    facts: dict[str, int | str] = field(default_factory=dict)  # in the order `open` shows them
+
+    def describe(self) -> str:
+        return f"{self.name}: type={self.kind}; " + "; ".join(f"{k}={v}" for k, v in self.facts.items())
+
+
+@dataclass
+class Chain:
+    """`start` and the links followed from it, then `fact` read on the last entity reached."""
+
+    start: str
+    links: list[str]
+    fact: str
+
+    def phrase(self) -> str:
+        words = [f"the {self.fact} of"] + [f"the {link} of" for link in reversed(self.links)]
+        return " ".join(words + [self.start])
+
+
+@dataclass
+class Question:
+    chains: list[Chain]  # one, or two combined by `op`
+    op: str | None  # "plus" | "minus" | None
+
+    def text(self) -> str:
+        if self.op is None:
+            return f"What is {self.chains[0].phrase()}?"
+        return f"What is {self.chains[0].phrase()} {self.op} {self.chains[1].phrase()}?"
+
+
+def build_world(rng: random.Random) -> dict[str, Entity]:
+    """The entities of one world by name, in generation order (persons, cities, companies)."""
+    counts = {"person": rng.randint(4, 6), "city": rng.randint(2, 3), "company": rng.randint(2, 3)}
+    names = iter(n.capitalize() for n in made_up_names(rng, sum(counts.values())))
+    by_kind = {kind: [next(names) for _ in range(n)] for kind, n in counts.items()}
+    world: dict[str, Entity] = {}
+    for kind, members in by_kind.items():
+        for name in members:
+            facts: dict[str, int | str] = {}
+            for number, (low, high) in NUMBERS[kind].items():
+                facts[number] = rng.randint(low, high)
+            for link, target_kind in LINKS[kind].items():
+                facts[link] = rng.choice(by_kind[target_kind])
+            world[name] = Entity(name, kind, facts)
+    return world
+
+
+def _walk(
+    rng: random.Random, world: dict[str, Entity], opens: int, numeric: bool, avoid: set[str]
+) -> Chain | None:
+    """A chain that opens `opens` distinct entities outside `avoid`, ending on a number if `numeric`;
+    None if random walks keep running into visited entities."""
+    for _ in range(_WALK_TRIES):
+        start = rng.choice([n for n in world if n not in avoid])
+        path, links = [start], []
+        while len(path) < opens:
+            here = world[path[-1]]
+            options = [link for link in LINKS[here.kind] if here.facts[link] not in path + list(avoid)]
+            if not options:
+                break
+            link = rng.choice(options)
+            links.append(link)
+            path.append(str(here.facts[link]))
+        if len(path) == opens:
+            last = world[path[-1]]
+            facts = list(NUMBERS[last.kind]) + ([] if numeric else list(LINKS[last.kind]))
+            return Chain(start, links, rng.choice(facts))
+    return None
+
+
+def _follow(world: dict[str, Entity], chain: Chain) -> list[Entity]:
+    """The entities the chain opens, in order."""
+    path = [world[chain.start]]
+    for link in chain.links:
+        path.append(world[str(path[-1].facts[link])])
+    return path
+
+
+def build(seed: int, difficulty: int) -> tuple[dict[str, Entity], Question, str]:
+    """The world, the question and its gold answer for (seed, difficulty); pure in its arguments."""
+    rng = random.Random(seed)
+    world = build_world(rng)
+    if difficulty >= 2 and rng.random() < ARITHMETIC_SHARE:
+        first = rng.randint(1, difficulty - 1)
+        a = _walk(rng, world, first, numeric=True, avoid=set())
+        seen = {e.name for e in _follow(world, a)} if a else set()
+        b = a and _walk(rng, world, difficulty - first, numeric=True, avoid=seen)
+        if a and b:  # else fall through to a single chain
+            va, vb = (int(_follow(world, c)[-1].facts[c.fact]) for c in (a, b))
+            op = rng.choice(["plus", "minus"])
+            return world, Question([a, b], op), str(va + vb if op == "plus" else va - vb)
+    chain = _walk(rng, world, difficulty, numeric=False, avoid=set())
+    if chain is None:
+        raise RuntimeError(f"kbsearch seed {seed}: no {difficulty}-hop chain in this world")
+    return world, Question([chain], None), str(_follow(world, chain)[-1].facts[chain.fact])
+
+
+def _normalise(text: str) -> str:
+    text = text.strip().lower().rstrip(".")
+    try:
+        return format_number(float(text.replace(",", "")))
+    except ValueError:
+        return text
+
+
+def _schema(name: str) -> dict:
+    return {"type": "object", "properties": {name: {"type": "string"}}, "required": [name]}
+
+
+@register_env("kbsearch")
+class KBSearchEnv:
+    """Look facts up with `search`/`open`, combine them with `calculate`, end with `answer`."""
+
+    tools = [
+        ToolSpec("search", "Find entities matching words.", _schema("query")),
+        ToolSpec("open", "Show an entity's facts.", _schema("entity")),
+        ToolSpec("calculate", "Evaluate arithmetic.", _schema("expression")),
+        ToolSpec("answer", "Give the final answer.", _schema("text")),
+    ]
+    difficulties = (1, 2, 3, 4)
+
+    def __init__(self, task: Task) -> None:
+        self.task = task
+        self.world, self.question, self.gold = build(task.params["seed"], task.params["difficulty"])
+        self.answer: str | None = None
+        self.done = False
+
+    @staticmethod
+    def generate_task(seed: int, difficulty: int) -> Task:
+        if difficulty not in KBSearchEnv.difficulties:
+            raise ValueError(f"kbsearch difficulty must be in {KBSearchEnv.difficulties}, got {difficulty}")
+        _, question, gold = build(seed, difficulty)
+        return Task(id=f"kbsearch-d{difficulty}-s{seed}", env="kbsearch", instruction=question.text(),
+                    params={"seed": seed, "difficulty": difficulty, "answer": gold}, difficulty=difficulty)
+
+    @staticmethod
+    def expert_solution(task: Task) -> list[ToolCall]:
+        world, question, gold = build(task.params["seed"], task.params["difficulty"])
+        calls = [ToolCall("open", {"entity": e.name}) for c in question.chains for e in _follow(world, c)]
+        if question.op is not None:
+            a, b = (_follow(world, c)[-1].facts[c.fact] for c in question.chains)
+            sign = "+" if question.op == "plus" else "-"
+            calls.append(ToolCall("calculate", {"expression": f"{a} {sign} {b}"}))
+        return calls + [ToolCall("answer", {"text": gold})]
+
+    def reset(self) -> str:
+        return self.task.instruction
+
+    def step(self, call: ToolCall) -> StepResult:
+        if self.done:
+            return episode_over()
+        return dispatch(call, self.tools, {"search": self._search, "open": self._open,
+                                           "calculate": self._calculate, "answer": self._answer})
+
+    def verify(self) -> bool:
+        return self.answer is not None and _normalise(self.answer) == _normalise(self.gold)
+
+    def close(self) -> None:
+        pass
+
+    def _search(self, query: str) -> StepResult:
+        words = set(re.findall(r"[a-z0-9]+", query.lower()))
+        if not words:
+            return error_result("search needs words, e.g. search(query: 'person Tavon')")
+        scored = []
+        for order, entity in enumerate(self.world.values()):
+            text = {entity.name.lower(), entity.kind}
+            text |= {k for k in entity.facts} | {str(v).lower() for v in entity.facts.values()}
+            score = len(words & text)
+            if score:
+                scored.append((-score, order, entity))
+        hits = [f"{e.name} ({e.kind})" for _, _, e in sorted(scored)[:MAX_SEARCH_RESULTS]]
+        return StepResult("Results: " + (", ".join(hits) if hits else "none"))
+
+    def _open(self, entity: str) -> StepResult:
+        found = next((e for e in self.world.values() if e.name.lower() == entity.strip().lower()), None)
+        if found is None:
+            return error_result(f"no entity named {entity.strip()[:40]!r}; use search to find names")
+        return StepResult(found.describe())
+
+    def _calculate(self, expression: str) -> StepResult:
+        try:
+            return StepResult(format_number(calculate(expression)))
+        except CalculatorError as err:
+            return error_result(str(err))
+
+    def _answer(self, text: str) -> StepResult:
+        self.answer = text
+        self.done = True
+        return StepResult("Answer recorded.", done=True)
