@@ -40,20 +40,24 @@ QWEN2_SPLIT_REGEX = (
     r"""| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
 )
 
-# Qwen2.5-style ChatML. Tool calls render exactly as `json.dumps({"name": ..., "arguments": ...})`
+# Qwen2.5-style ChatML. Tools are listed as one-line signatures, not JSON schemas: a tiny model
+# re-reads the system prompt in every sequence, and the schemas would triple its length. Tool calls render exactly as `json.dumps({"name": ..., "arguments": ...})`
 # (default separators, ASCII escapes) because the rollout code formats and parses them that way.
 # `arguments` may also be a JSON string (OpenAI wire format); it is then inserted as given.
 CHAT_TEMPLATE = r"""{%- set has_system = messages and messages[0].role == 'system' %}
 {%- if tools %}
     {{- '<|im_start|>system\n' }}
     {%- if has_system %}{{- messages[0].content }}{%- else %}{{- 'You are a helpful agent.' }}{%- endif %}
-    {{- '\n\n# Tools\n<tools>\n' }}
+    {{- '\n\n# Tools\n' }}
     {%- for tool in tools %}
-        {{- tool | tojson(ensure_ascii=True) }}
-        {{- '\n' }}
+        {%- set fn = tool.function if tool.function is defined else tool %}
+        {{- '- ' + fn.name + '(' }}
+        {%- for name, prop in (fn.parameters.properties or {}).items() %}
+            {{- name + ': ' + (prop.type | default('any')) }}{%- if not loop.last %}{{- ', ' }}{%- endif %}
+        {%- endfor %}
+        {{- '): ' + fn.description + '\n' }}
     {%- endfor %}
-    {{- '</tools>\nCall exactly one tool per turn:\n'
-        + '<tool_call>\n{"name": <name>, "arguments": <json>}\n</tool_call><|im_end|>\n' }}
+    {{- 'Call exactly one tool per turn: <tool_call>\n{"name": ..., "arguments": {...}}\n</tool_call><|im_end|>\n' }}
 {%- elif has_system %}
     {{- '<|im_start|>system\n' + messages[0].content + '<|im_end|>\n' }}
 {%- endif %}

@@ -121,12 +121,10 @@ def test_chat_template_renders_tools_calls_and_observations_exactly(tokenizer):
     ]
     got = tokenizer.apply_chat_template(messages, tools=TOOLS[:1], tokenize=False, add_generation_prompt=True)
     expected = (
-        "<|im_start|>system\nYou are a helpful agent.\n\n# Tools\n<tools>\n"
-        '{"type": "function", "function": {"name": "lookup", "description": "Facts about one entity.", '
-        '"parameters": {"type": "object", "properties": {"entity": {"type": "string"}}, '
-        '"required": ["entity"]}}}\n'
-        "</tools>\nCall exactly one tool per turn:\n<tool_call>\n"
-        '{"name": <name>, "arguments": <json>}\n</tool_call><|im_end|>\n'
+        "<|im_start|>system\nYou are a helpful agent.\n\n# Tools\n"
+        "- lookup(entity: string): Facts about one entity.\n"
+        "Call exactly one tool per turn: <tool_call>\n"
+        '{"name": ..., "arguments": {...}}\n</tool_call><|im_end|>\n'
         "<|im_start|>user\nWhere was Tavon born?<|im_end|>\n"
         "<|im_start|>assistant\nLet me look.<tool_call>\n"
         '{"name": "lookup", "arguments": {"entity": "Tavon Reed"}}\n</tool_call><|im_end|>\n'
@@ -145,7 +143,7 @@ def test_chat_template_system_message_with_and_without_tools(tokenizer):
     assert plain == "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n"
     assert tokenizer.apply_chat_template(messages[1:], tokenize=False) == "<|im_start|>user\nhi<|im_end|>\n"
     with_tools = tokenizer.apply_chat_template(messages, tools=TOOLS, tokenize=False)
-    assert with_tools.startswith("<|im_start|>system\nBe brief.\n\n# Tools\n<tools>\n")
+    assert with_tools.startswith("<|im_start|>system\nBe brief.\n\n# Tools\n- ")
     assert with_tools.count("<|im_start|>system") == 1
     assert with_tools.endswith("</tool_call><|im_end|>\n<|im_start|>user\nhi<|im_end|>\n")
 

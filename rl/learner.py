@@ -1,0 +1,296 @@
+"""The GRPO learner: one DeepSpeed engine holding the policy, one optimizer step per batch.
+
+`Learner.train_step` is the whole algorithm step: shard the batch over ranks, run micro-batches,
+each contributing its share of one token-mean clipped surrogate (plus an optional k3 KL to a frozen
+reference), then a single optimizer step. Works on CPU (gloo, DeepSpeed's CPU accelerator) and GPU.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import random
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import AutoModelForCausalLM
+
+from rl.losses import kl_k3, masked_mean, policy_loss, token_entropy, token_logprobs
+from rollout.types import Trajectory
+
+log = logging.getLogger(__name__)
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+@dataclass
+class LearnerConfig:
+    lr: float = 2e-4
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    adam_eps: float = 1e-8
+    grad_clip: float = 1.0  # 0 disables clipping
+    micro_batch_size: int = 16  # sequences per forward/backward on one rank
+    clip_eps: float = 0.2
+    clip_eps_high: float | None = None  # None: symmetric clipping
+    kl_coef: float = 0.0  # 0: no reference model is loaded at all
+    zero_stage: int = 2
+    seed: int = 0
+    dtype: str = "float32"  # "bfloat16" on GPU (DeepSpeed keeps fp32 master weights); CPU is float32
+    dist_backend: str | None = None  # None: gloo on CPU, the accelerator's own (nccl) elsewhere
+
+
+@dataclass
+class TrainBatch:
+    """One learner step's data; N sequences right-padded to T.
+
+    input_ids: [N, T] long; attention_mask: [N, T] (1 on real tokens); loss_mask: [N, T] (1 on
+    policy tokens; the loss for token t uses the logits at t-1, so loss_mask[:, 0] is ignored);
+    old_logprobs: [N, T] behaviour log-probs of the tokens at the same positions; advantages: [N].
+    """
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    loss_mask: torch.Tensor
+    old_logprobs: torch.Tensor
+    advantages: torch.Tensor
+
+    def __post_init__(self) -> None:
+        shape = tuple(self.input_ids.shape)
+        for name in ("attention_mask", "loss_mask", "old_logprobs"):
+            if tuple(getattr(self, name).shape) != shape:
+                raise ValueError(f"TrainBatch.{name} has shape {tuple(getattr(self, name).shape)}, "
+                                 f"input_ids has {shape}")
+        if tuple(self.advantages.shape) != shape[:1]:
+            raise ValueError(f"TrainBatch.advantages has shape {tuple(self.advantages.shape)}, "
+                             f"expected ({shape[0]},)")
+
+    def __len__(self) -> int:
+        return self.input_ids.shape[0]
+
+    def select(self, index: torch.Tensor) -> TrainBatch:
+        """The rows in `index` ([n] long), trimmed to their longest sequence."""
+        length = max(int(self.attention_mask[index].sum(1).max().item()), 1) if len(index) else 1
+        return TrainBatch(self.input_ids[index, :length], self.attention_mask[index, :length],
+                          self.loss_mask[index, :length], self.old_logprobs[index, :length],
+                          self.advantages[index])
+
+
+def make_train_batch(trajectories: Sequence[Trajectory], advantages: torch.Tensor | Sequence[float],
+                     pad_id: int | None) -> TrainBatch:
+    """Right-pad trajectories (token_ids, loss_mask, logprobs as the engine made them) into a TrainBatch."""
+    pad_id = 0 if pad_id is None else pad_id
+    n, length = len(trajectories), max(len(t.token_ids) for t in trajectories)
+    input_ids = torch.full((n, length), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((n, length), dtype=torch.long)
+    loss_mask = torch.zeros((n, length), dtype=torch.float32)
+    old_logprobs = torch.zeros((n, length), dtype=torch.float32)
+    for i, traj in enumerate(trajectories):
+        k = len(traj.token_ids)
+        input_ids[i, :k] = torch.tensor(traj.token_ids, dtype=torch.long)
+        attention_mask[i, :k] = 1
+        loss_mask[i, :k] = torch.tensor(traj.loss_mask, dtype=torch.float32)
+        old_logprobs[i, :k] = torch.tensor(traj.logprobs, dtype=torch.float32)
+    adv = torch.as_tensor(advantages, dtype=torch.float32).flatten()
+    return TrainBatch(input_ids, attention_mask, loss_mask, old_logprobs, adv)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def init_distributed(backend: str | None = None) -> None:
+    """Join (or, without a launcher, create) the process group. Under torchrun/deepspeed the env
+    vars are set; a bare `python` gets a world of one on a free local port."""
+    import deepspeed
+    from deepspeed.accelerator import get_accelerator
+
+    if "RANK" not in os.environ:
+        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), RANK="0", WORLD_SIZE="1",
+                          LOCAL_RANK="0")
+    accel = get_accelerator()
+    if backend is None:
+        backend = "gloo" if accel.device_name() == "cpu" else accel.communication_backend_name()
+    deepspeed.init_distributed(dist_backend=backend)
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+class Learner:
+    """The policy under DeepSpeed (ZeRO stage `cfg.zero_stage`) and, when kl_coef > 0, a frozen reference."""
+
+    def __init__(self, model_path: str | Path, cfg: LearnerConfig) -> None:
+        import deepspeed
+        import torch.distributed as dist
+        from deepspeed.accelerator import get_accelerator
+
+        self.cfg = cfg
+        init_distributed(cfg.dist_backend)
+        self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
+        _seed_everything(cfg.seed)
+        accel = get_accelerator()
+        self.device = torch.device(accel.device_name(int(os.environ.get("LOCAL_RANK", 0))))
+        if cfg.dtype not in _DTYPES:
+            raise ValueError(f"LearnerConfig.dtype must be one of {sorted(_DTYPES)}, got {cfg.dtype!r}")
+        if cfg.dtype != "float32" and self.device.type == "cpu":
+            raise ValueError(f"LearnerConfig.dtype={cfg.dtype!r} needs a GPU; CPU training is float32")
+
+        # Loaded in float32: DeepSpeed casts the module for bf16 and keeps fp32 master weights itself.
+        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+        model.config.use_cache = False
+        self.ref_model = None
+        if cfg.kl_coef > 0:
+            # A full copy on every rank: fine up to ZeRO-2 sizes; ZeRO-3-scale models want it sharded too.
+            self.ref_model = AutoModelForCausalLM.from_pretrained(model_path, dtype=_DTYPES[cfg.dtype])
+            self.ref_model.to(self.device).eval().requires_grad_(False)
+
+        optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.adam_eps,
+                                      weight_decay=cfg.weight_decay)
+        self.engine, self.optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer,
+                                                                 config=self._ds_config())
+        self.step = 0
+
+    def _ds_config(self) -> dict:
+        cfg = self.cfg
+        # train_step drives accumulation itself (a batch's micro-batch count varies), so DeepSpeed's
+        # nominal batch is one micro-batch per rank and the boundary is set by hand.
+        return {
+            "train_micro_batch_size_per_gpu": cfg.micro_batch_size,
+            "gradient_accumulation_steps": 1,
+            "train_batch_size": cfg.micro_batch_size * self.world_size,
+            "gradient_clipping": cfg.grad_clip,
+            "zero_optimization": {"stage": cfg.zero_stage},
+            "zero_allow_untested_optimizer": True,  # torch AdamW: runs on every accelerator, CPU included
+            "bf16": {"enabled": cfg.dtype == "bfloat16"},
+            "steps_per_print": 2**31 - 1,
+            "wall_clock_breakdown": False,
+        }
+
+    @property
+    def model(self) -> torch.nn.Module:
+        """The HF model inside the engine."""
+        return self.engine.module
+
+    def _shard(self, n: int) -> list[int | None]:
+        """This rank's row indices, padded with None so every rank runs the same number of rows
+        (ZeRO's reductions are collectives: all ranks must do the same number of backwards)."""
+        per_rank = math.ceil(n / self.world_size)
+        rows: list[int | None] = list(range(self.rank * per_rank, min((self.rank + 1) * per_rank, n)))
+        return rows + [None] * (per_rank - len(rows))
+
+    def _all_reduce_sum(self, values: torch.Tensor) -> torch.Tensor:
+        import torch.distributed as dist
+
+        if self.world_size > 1:
+            values = values.to(self.device)
+            dist.all_reduce(values)
+        return values.cpu()
+
+    def _micro_batch(self, batch: TrainBatch, rows: list[int | None]) -> TrainBatch:
+        # Padding rows (None) reuse row 0 with an empty loss mask: they run forward/backward but add nothing.
+        index = torch.tensor([0 if r is None else r for r in rows], dtype=torch.long)
+        mb = batch.select(index)
+        dummy = torch.tensor([r is None for r in rows])
+        mb.loss_mask = mb.loss_mask.masked_fill(dummy.unsqueeze(-1), 0.0)
+        return TrainBatch(*(t.to(self.device) for t in (mb.input_ids, mb.attention_mask, mb.loss_mask,
+                                                        mb.old_logprobs, mb.advantages)))
+
+    def train_step(self, batch: TrainBatch) -> dict[str, float]:
+        """One optimizer step on `batch` (every rank passes the same whole batch and takes its shard).
+
+        The loss is the token-mean over all policy tokens of the batch, across micro-batches and ranks.
+        """
+        cfg = self.cfg
+        self.engine.train()
+        rows = self._shard(len(batch))
+        local_tokens = sum(float(batch.loss_mask[r, 1:].sum()) for r in rows if r is not None)
+        total_tokens = float(self._all_reduce_sum(torch.tensor([local_tokens], dtype=torch.float64))[0])
+        if total_tokens == 0:
+            log.warning("train_step: the batch has no policy tokens; the step only decays/moves by momentum")
+        # DeepSpeed averages gradients over ranks; multiplying by world_size makes that a plain sum.
+        scale = self.world_size / max(total_tokens, 1.0)
+
+        # Token-weighted sums: loss, clipfrac, approx_kl, ratio, kl_ref, entropy.
+        sums = torch.zeros(6, dtype=torch.float64)
+        chunks = [rows[i:i + cfg.micro_batch_size] for i in range(0, len(rows), cfg.micro_batch_size)]
+        for i, chunk in enumerate(chunks):
+            self.engine.set_gradient_accumulation_boundary(i == len(chunks) - 1)
+            mb = self._micro_batch(batch, chunk)
+            logits = self.engine(input_ids=mb.input_ids, attention_mask=mb.attention_mask).logits[:, :-1]
+            targets, mask = mb.input_ids[:, 1:], mb.loss_mask[:, 1:]
+            logprobs = token_logprobs(logits, targets)
+            pg_loss, pg_metrics = policy_loss(logprobs, mb.old_logprobs[:, 1:], mb.advantages, mask,
+                                              cfg.clip_eps, cfg.clip_eps_high)
+            loss = pg_loss
+            kl_ref = torch.zeros(())
+            if self.ref_model is not None:
+                with torch.no_grad():
+                    ref_out = self.ref_model(input_ids=mb.input_ids, attention_mask=mb.attention_mask)
+                    ref_logprobs = token_logprobs(ref_out.logits[:, :-1], targets)
+                kl_ref = kl_k3(logprobs, ref_logprobs, mask)
+                loss = loss + cfg.kl_coef * kl_ref
+            n_tokens = float(mask.sum())
+            # A micro-batch's token-mean times its share of the batch's tokens sums to the batch token-mean.
+            self.engine.backward(loss * (n_tokens * scale), scale_wrt_gas=False)
+            entropy = masked_mean(token_entropy(logits.detach()), mask).item()
+            sums += n_tokens * torch.tensor([loss.item(), pg_metrics["clipfrac"].item(),
+                                             pg_metrics["approx_kl"].item(), pg_metrics["ratio_mean"].item(),
+                                             kl_ref.item(), entropy], dtype=torch.float64)
+        # ZeRO stages 1-3 report the pre-clip norm after step(); stage 0 does not, so measure it here.
+        grad_norm = self._grad_norm() if cfg.zero_stage == 0 else None
+        self.engine.step()
+        self.step += 1
+        if grad_norm is None:
+            grad_norm = self.engine.get_global_grad_norm()
+
+        sums = self._all_reduce_sum(sums) / max(total_tokens, 1.0)
+        return {
+            "loss": sums[0].item(),
+            "pg_clipfrac": sums[1].item(),
+            "approx_kl": sums[2].item(),
+            "ratio_mean": sums[3].item(),
+            "kl_ref": sums[4].item(),
+            "entropy": sums[5].item(),
+            "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
+            "lr": float(self.optimizer.param_groups[0]["lr"]),
+            "tokens": total_tokens,
+        }
+
+    def _grad_norm(self) -> float:
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        return float(torch.nn.utils.get_total_norm(grads)) if grads else 0.0
+
+    def state_dict_for_inference(self) -> dict[str, torch.Tensor]:
+        """Full HF-named weights on CPU (gathered under ZeRO-3; a collective then: call on every rank)."""
+        if self.cfg.zero_stage == 3:
+            import deepspeed
+
+            keys = set(self.model.state_dict())  # the HF names (tied weights under both names)
+            out = {}
+            for name, param in self.model.named_parameters(remove_duplicate=False):
+                if name in keys:  # one parameter gathered at a time: peak memory is one full tensor
+                    with deepspeed.zero.GatheredParameters([param], modifier_rank=None):
+                        out[name] = param.detach().to("cpu", copy=True)
+            for name, buf in self.model.named_buffers(remove_duplicate=False):
+                if name in keys:
+                    out[name] = buf.detach().to("cpu", copy=True)
+            return out
+        return {name: t.detach().to("cpu", copy=True) for name, t in self.model.state_dict().items()}
+
+    def save_pretrained(self, path: str | Path) -> None:
+        """Write the policy in HF format (safetensors) to `path`; call on every rank, rank 0 writes."""
+        state = self.state_dict_for_inference()
+        if self.rank == 0:
+            self.model.save_pretrained(str(path), state_dict=state)
+
