@@ -46,8 +46,11 @@ def cmd_model_init(cfg: TurnRLConfig) -> None:
     from rollout.env import registered_envs
 
     texts = [text for env in registered_envs() for text in corpus_texts(env, num_tasks=400, seed=cfg.model.seed)]
+    heads = max(1, cfg.model.hidden_size // 64)  # head_dim 64: supported by vLLM's CPU attention
     shape = TinyModelConfig(vocab_size=cfg.model.vocab_size, hidden_size=cfg.model.hidden_size,
-                            num_hidden_layers=cfg.model.num_layers, seed=cfg.model.seed)
+                            num_hidden_layers=cfg.model.num_layers, num_attention_heads=heads,
+                            num_key_value_heads=max(1, heads // 2), intermediate_size=3 * cfg.model.hidden_size,
+                            seed=cfg.model.seed)
     path = build_tiny_model(Path(cfg.model.base_path), texts, shape)
     log.info("tiny model written to %s", path)
 

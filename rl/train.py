@@ -21,7 +21,7 @@ from transformers import AutoTokenizer
 from curricula.tasks import UniformTaskSampler, heldout_tasks
 from rewards.outcome import outcome_rewards
 from rl.advantages import grpo_advantages
-from rl.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from rl.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
 from rl.config import TurnRLConfig
 from rl.engines import make_engine
 from rl.evaluate import EvalResult, evaluate
@@ -48,7 +48,7 @@ def learner_config(cfg: TurnRLConfig) -> LearnerConfig:
     a = cfg.algo
     return LearnerConfig(lr=a.lr, weight_decay=a.weight_decay, grad_clip=a.grad_clip,
                          micro_batch_size=a.micro_batch_size, clip_eps=a.clip_eps, kl_coef=a.kl_coef,
-                         zero_stage=a.zero_stage, seed=cfg.train.seed)
+                         zero_stage=a.zero_stage, seed=cfg.train.seed, dtype=cfg.model.dtype)
 
 
 def rollout_metrics(trajs: list[Trajectory]) -> dict[str, float]:
@@ -77,10 +77,16 @@ def sample_table(trajs: list[Trajectory], tokenizer, limit: int = 4) -> tuple[li
 
 
 def _resolve_resume(resume: str) -> Path | None:
+    """`train.resume` names one checkpoint (`.../step_N`) or a folder of them (its latest)."""
     if not resume:
         return None
     path = Path(resume)
-    return latest_checkpoint(path) if (path / "latest").exists() or path.name == "checkpoints" else path
+    if (path / "meta.json").exists():
+        return path
+    latest = latest_checkpoint(path)
+    if latest is None:
+        raise CheckpointError(f"train.resume={resume}: no complete checkpoint there")
+    return latest
 
 
 async def train_async(cfg: TurnRLConfig) -> dict:
