@@ -27,7 +27,7 @@ class ModelConfig:
     base_path: str = "${cache_dir}/models/tiny-base"
     dtype: str = "float32"  # vLLM on CPU supports float32 only
     # Tiny-model shape for `turnrl model init`.
-    vocab_size: int = 2048
+    vocab_size: int = 4096
     hidden_size: int = 256
     num_layers: int = 4
     seed: int = 0

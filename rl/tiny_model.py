@@ -13,6 +13,7 @@ import logging
 import re
 import shutil
 import uuid
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,7 +104,7 @@ class TinyModelConfig:
     """Shape of the tiny model. head_dim = hidden_size / num_attention_heads (64 by default, which
     vLLM's CPU attention supports)."""
 
-    vocab_size: int = 2048  # target tokenizer size (the trainer stops early on a small corpus)
+    vocab_size: int = 4096  # target tokenizer size (the trainer stops early on a small corpus)
     hidden_size: int = 256
     num_hidden_layers: int = 4
     num_attention_heads: int = 4
@@ -130,10 +131,27 @@ def render_chat(
     return _template().render(messages=messages, tools=tools, add_generation_prompt=add_generation_prompt)
 
 
-def _training_segments(texts: list[str]) -> Iterator[str]:
+# Whole-word tokens, matched before BPE: every number below 1000 (longer numbers then split into
+# 3-digit groups, as cl100k does) and the proper names that recur in the corpus (entity names).
+# With BPE alone a name becomes one of several token sequences depending on the character before
+# it (' Taga', '"Taga', '=Taga') and numbers split into single digits, so copying a name or a
+# number from an observation takes a multi-token induction circuit a tiny model learns only after
+# thousands of steps; as one token it is a single attention lookup.
+_PROPER_NAME = re.compile(r"\b[A-Z][a-z]+\b")
+
+
+def whole_words(texts: list[str], min_count: int = 2) -> list[str]:
+    """Numbers 0-999 and the capitalised words seen at least `min_count` times in `texts`."""
+    counts = Counter(word for text in texts for word in _PROPER_NAME.findall(text))
+    names = sorted(word for word, n in counts.items() if n >= min_count)
+    return [str(n) for n in range(1000)] + names
+
+
+def _training_segments(texts: list[str], added: list[str]) -> Iterator[str]:
     """Training text with the added tokens cut out: they are matched before BPE, so merges
     spent on spelling them would be wasted."""
-    split = re.compile("|".join(re.escape(t) for t in SPECIAL_TOKENS + TOOL_CALL_TOKENS))
+    words = sorted(added, key=len, reverse=True)  # longest first, as the added-token matcher does
+    split = re.compile("|".join(re.escape(t) for t in SPECIAL_TOKENS + TOOL_CALL_TOKENS + words))
     frame = render_chat(_FRAME_MESSAGES, _FRAME_TOOLS, add_generation_prompt=True)
     for text in texts + [frame] * max(1, len(texts) // 4):
         yield from (segment for segment in split.split(text) if segment)
@@ -150,6 +168,7 @@ def train_tokenizer(
     `<tool_call>` and `</tool_call>` last; `len(tokenizer) <= vocab_size`. No BOS is added.
     """
     texts = list(texts)
+    words = whole_words(texts)
     tokenizer = Tokenizer(models.BPE())
     tokenizer.normalizer = normalizers.NFC()
     tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
@@ -158,14 +177,14 @@ def train_tokenizer(
     ])
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size - len(TOOL_CALL_TOKENS),
+        vocab_size=max(512, vocab_size - len(TOOL_CALL_TOKENS) - len(words)),
         special_tokens=SPECIAL_TOKENS,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         min_frequency=2,
         show_progress=False,
     )
-    tokenizer.train_from_iterator(_training_segments(texts), trainer=trainer)
-    tokenizer.add_tokens([AddedToken(t, special=False, normalized=False) for t in TOOL_CALL_TOKENS])
+    tokenizer.train_from_iterator(_training_segments(texts, words), trainer=trainer)
+    tokenizer.add_tokens([AddedToken(t, special=False, normalized=False) for t in TOOL_CALL_TOKENS + words])
     return PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,
         eos_token=IM_END,

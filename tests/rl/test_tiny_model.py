@@ -173,9 +173,9 @@ def test_chat_template_is_saved_with_the_tokenizer(tokenizer):
 
 def test_tokenizer_training_is_deterministic_and_respects_vocab_size():
     texts = _corpus(20)
-    a, b = train_tokenizer(texts, 400), train_tokenizer(iter(texts), 400)
+    a, b = train_tokenizer(texts, 1600), train_tokenizer(iter(texts), 1600)
     assert a.backend_tokenizer.to_str() == b.backend_tokenizer.to_str()
-    assert len(a) <= 400
+    assert len(a) <= 1600
     assert a.convert_ids_to_tokens([0, 1, 2]) == ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 
 
@@ -198,3 +198,14 @@ def test_build_replaces_an_existing_dir_and_leaves_no_temp_dirs(tmp_path):
     build_tiny_model(out, _corpus(10), SMALL)
     assert not (out / "stale.txt").exists() and (out / "model.safetensors").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
+
+
+def test_numbers_and_recurring_names_are_single_tokens_wherever_they_stand():
+    texts = _corpus(20) + ["What is the age of Tavon? Tavon: age=34; born_in=Kelmar"] * 2
+    tok = train_tokenizer(texts, 1600)
+    for text, word in [("age of Tavon?", "Tavon"), ('{"entity": "Tavon"}', "Tavon"), ("born_in=Kelmar", "Kelmar"),
+                       ("age=34;", "34"), ("population 895", "895")]:
+        pieces = [tok.decode([i]) for i in tok.encode(text)]
+        assert word in pieces, pieces
+        assert tok.decode(tok.encode(text)) == text
+    assert [tok.decode([i]) for i in tok.encode("1895")] == ["189", "5"]
