@@ -45,7 +45,7 @@ def cmd_model_init(cfg: TurnRLConfig) -> None:
     from rollout.demos import corpus_texts
     from rollout.env import registered_envs
 
-    texts = [text for env in registered_envs() for text in corpus_texts(env, num_tasks=400, seed=cfg.model.seed)]
+    texts = [text for env in registered_envs() for text in corpus_texts(env, num_tasks=1500, seed=cfg.model.seed)]
     heads = max(1, cfg.model.hidden_size // 64)  # head_dim 64: supported by vLLM's CPU attention
     shape = TinyModelConfig(vocab_size=cfg.model.vocab_size, hidden_size=cfg.model.hidden_size,
                             num_hidden_layers=cfg.model.num_layers, num_attention_heads=heads,

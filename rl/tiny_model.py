@@ -42,8 +42,9 @@ QWEN2_SPLIT_REGEX = (
 )
 
 # Qwen2.5-style ChatML. Tools are listed as one-line signatures, not JSON schemas: a tiny model
-# re-reads the system prompt in every sequence, and the schemas would triple its length. Tool calls render exactly as `json.dumps({"name": ..., "arguments": ...})`
-# (default separators, ASCII escapes) because the rollout code formats and parses them that way.
+# re-reads the system prompt in every sequence, and the schemas would triple its length. Tool calls
+# render exactly as `json.dumps({"name": ..., "arguments": ...})` (default separators, ASCII
+# escapes) because the rollout code formats and parses them that way.
 # `arguments` may also be a JSON string (OpenAI wire format); it is then inserted as given.
 CHAT_TEMPLATE = r"""{%- set has_system = messages and messages[0].role == 'system' %}
 {%- if tools %}

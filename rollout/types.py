@@ -64,7 +64,7 @@ class StepResult:
     info: dict[str, Any] = field(default_factory=dict)
 
 
-class FinishReason(str, enum.Enum):
+class FinishReason(enum.StrEnum):
     DONE = "done"  # the environment ended the episode (the agent answered / finished)
     MAX_TURNS = "max_turns"
     MAX_LENGTH = "max_length"  # the episode's token budget ran out
