@@ -30,11 +30,16 @@ LINKS = {
     "company": {"hq": "city", "ceo": "person"},
 }
 # kind -> number name -> inclusive range
+# Numbers and names come from small fixed sets. A world is random (which names, which facts,
+# which links), but a tiny policy learns to copy a name or a number from an observation only
+# when it has seen each such token often; 800 names or 4-digit years would make that the
+# bottleneck of learning instead of the multi-hop search the environment is about.
 NUMBERS = {
     "person": {"age": (18, 80)},
-    "city": {"population": (100, 999)},
-    "company": {"founded": (1900, 2020), "employees": (10, 999)},
+    "city": {"population": (10, 99)},
+    "company": {"offices": (10, 99), "employees": (10, 99)},
 }
+NAME_POOL = tuple(sorted(n.capitalize() for n in made_up_names(random.Random(0), 48)))
 
 
 @dataclass
@@ -74,7 +79,7 @@ class Question:
 def build_world(rng: random.Random) -> dict[str, Entity]:
     """The entities of one world by name, in generation order (persons, cities, companies)."""
     counts = {"person": rng.randint(4, 6), "city": rng.randint(2, 3), "company": rng.randint(2, 3)}
-    names = iter(n.capitalize() for n in made_up_names(rng, sum(counts.values())))
+    names = iter(rng.sample(NAME_POOL, sum(counts.values())))
     by_kind = {kind: [next(names) for _ in range(n)] for kind, n in counts.items()}
     world: dict[str, Entity] = {}
     for kind, members in by_kind.items():
