@@ -28,8 +28,8 @@ class ModelConfig:
     dtype: str = "float32"  # vLLM on CPU supports float32 only
     # Tiny-model shape for `turnrl model init`.
     vocab_size: int = 4096
-    hidden_size: int = 256
-    num_layers: int = 4
+    hidden_size: int = 128
+    num_layers: int = 2
     seed: int = 0
 
 
@@ -84,11 +84,11 @@ class AlgoConfig:
 @dataclass
 class SFTConfig:
     # Deliberately limited so RL has room to show what it adds: few demonstrations, mostly easy.
-    num_demos: int = 160
+    num_demos: int = 1200
     difficulty_weights: dict[int, float] = field(default_factory=lambda: {1: 0.7, 2: 0.25, 3: 0.05})
     epochs: int = 3
-    lr: float = 1e-3
-    batch_size: int = 16
+    lr: float = 3e-3
+    batch_size: int = 8
     seed: int = 0
 
 
