@@ -21,7 +21,11 @@ def turnrl(*args, env):
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     root = tmp_path_factory.mktemp("e2e")
-    env = {**os.environ, "TURNRL_CACHE": str(root / "cache"), "VLLM_CPU_KVCACHE_SPACE": "1"}
+    # A fresh process group, as for a user's shell: earlier in-process learner tests leave the
+    # torch.distributed variables of their own (still bound) group in this process's environment.
+    launcher_vars = {"MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK"}
+    env = {k: v for k, v in os.environ.items() if k not in launcher_vars}
+    env.update(TURNRL_CACHE=str(root / "cache"), VLLM_CPU_KVCACHE_SPACE="1")
     common = ["+experiment=smoke", "model.hidden_size=128", "model.num_layers=2", f"train.out_dir={root}/run"]
     turnrl("model", "init", *common, env=env)
     turnrl("sft", *common, env=env)
