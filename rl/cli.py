@@ -62,7 +62,7 @@ def cmd_sft(cfg: TurnRLConfig) -> None:
         raise SystemExit(f"no base model at {cfg.model.base_path}: run `turnrl model init` first")
     s = cfg.sft
     result = run_sft(cfg.model.base_path, cfg.model.path, cfg.env.name, s.num_demos, s.difficulty_weights,
-                     s.epochs, s.lr, s.batch_size, s.seed)
+                     s.epochs, s.lr, s.batch_size, s.seed, s.first_turn_epochs)
     log.info("SFT policy written to %s (%d demos, final loss %.4f)", result.out_dir, result.num_demos,
              result.final_loss)
 

@@ -86,7 +86,8 @@ class SFTConfig:
     # Deliberately limited so RL has room to show what it adds: few demonstrations, mostly easy.
     num_demos: int = 1200
     difficulty_weights: dict[int, float] = field(default_factory=lambda: {1: 0.7, 2: 0.25, 3: 0.05})
-    epochs: int = 3
+    first_turn_epochs: int = 5  # turn curriculum: epochs supervising only each demo's first turn
+    epochs: int = 3  # then epochs supervising every turn
     lr: float = 3e-3
     batch_size: int = 8
     seed: int = 0
