@@ -9,7 +9,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from transformers import Qwen2Config, Qwen2ForCausalLM
+from transformers import Qwen2ForCausalLM
 
 from rl.checkpoint import (
     CheckpointError,
@@ -25,15 +25,6 @@ CFG = LearnerConfig(lr=1e-2, micro_batch_size=2, seed=3)
 EXTRA = {"history": [1.5, 2.5], "success_by_difficulty": {1: 0.5, 2: 0.25}, "rng": (3, (1, 2), None)}
 
 
-@pytest.fixture(scope="module")
-def qwen2_dir(tmp_path_factory):
-    torch.manual_seed(0)
-    cfg = Qwen2Config(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-                      tie_word_embeddings=True)
-    path = tmp_path_factory.mktemp("qwen2") / "tiny"
-    Qwen2ForCausalLM(cfg).save_pretrained(path)
-    return path
 
 
 def batch(seed: int) -> TrainBatch:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import Qwen2Config, Qwen2ForCausalLM
+from transformers import Qwen2ForCausalLM
 
 from rl.learner import Learner, LearnerConfig, TrainBatch, make_train_batch
 from rl.losses import token_logprobs
@@ -21,15 +21,6 @@ from rollout.types import FinishReason, Trajectory
 WORKER = Path(__file__).with_name("ds_two_rank_worker.py")
 
 
-@pytest.fixture(scope="module")
-def qwen2_dir(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    cfg = Qwen2Config(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-                      tie_word_embeddings=True)
-    path = tmp_path_factory.mktemp("qwen2") / "tiny"
-    Qwen2ForCausalLM(cfg).save_pretrained(path)
-    return path
 
 
 def on_policy_batch(model_dir: Path, advantages: list[float], lengths: list[int], prompt: int = 3,

@@ -30,18 +30,6 @@ def engine(model_dir):
     return HFEngine(str(model_dir))
 
 
-def perturbed(model: torch.nn.Module, seed: int, scale: float = 0.3) -> dict[str, torch.Tensor]:
-    """A new state dict (tied tensors stay tied: noise is drawn once per storage)."""
-    gen = torch.Generator().manual_seed(seed)
-    noise: dict[int, torch.Tensor] = {}
-    out = {}
-    for name, t in model.state_dict().items():
-        if t.data_ptr() not in noise:
-            noise[t.data_ptr()] = scale * torch.randn(t.shape, generator=gen)
-        out[name] = t + noise[t.data_ptr()]
-    return out
-
-
 def teacher_forced(model, prompt: list[int], generated: list[int], temperature: float = 1.0,
                    top_p: float = 1.0) -> list[float]:
     """Log-prob of each generated token under softmax(logits / T) cut to the top-p nucleus, from one
@@ -109,7 +97,7 @@ def test_seeded_sampling_is_reproducible_and_independent_of_the_batch(engine):
     assert other_seed.token_ids != alone.token_ids
 
 
-def test_update_weights_changes_logprobs_in_place(engine, model_dir):
+def test_update_weights_changes_logprobs_in_place(engine, model_dir, perturbed):
     greedy = SamplingConfig(temperature=0.0, max_tokens=8)
     before = asyncio.run(engine.generate(PROMPTS[0], greedy))
     model_before = id(engine.model)
@@ -126,7 +114,7 @@ def test_update_weights_changes_logprobs_in_place(engine, model_dir):
     assert after.logprobs == pytest.approx(teacher_forced(reference, PROMPTS[0], after.token_ids), abs=1e-4)
 
 
-def test_update_waits_for_generations_in_flight(engine, model_dir):
+def test_update_waits_for_generations_in_flight(engine, model_dir, perturbed):
     old = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     new_weights = perturbed(engine.model, seed=2)
 

@@ -24,21 +24,8 @@ LONG_PROMPT = [1] + [(7 * i) % 400 + 3 for i in range(300)]
 LOGPROB_TOL = 1e-3  # float32 on both sides; vLLM's kernels differ from torch's in summation order
 
 
-def perturbed(model: torch.nn.Module, seed: int, scale: float = 0.3) -> dict[str, torch.Tensor]:
-    """A new state dict (tied tensors stay tied: noise is drawn once per storage). The noise also
-    makes the random model's next-token distributions peaked, so greedy choices are not near-ties."""
-    gen = torch.Generator().manual_seed(seed)
-    noise: dict[int, torch.Tensor] = {}
-    out = {}
-    for name, t in model.state_dict().items():
-        if t.data_ptr() not in noise:
-            noise[t.data_ptr()] = scale * torch.randn(t.shape, generator=gen)
-        out[name] = t + noise[t.data_ptr()]
-    return out
-
-
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
+def model_dir(tmp_path_factory, perturbed):
     from rl.tiny_model import TinyModelConfig, build_tiny_model
 
     cfg = TinyModelConfig(vocab_size=512, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
@@ -146,7 +133,7 @@ def test_logprobs_of_scores_a_given_continuation(loop, engine, reference):
     assert got == pytest.approx(teacher_forced(reference, PROMPTS[3], continuation), abs=LOGPROB_TOL)
 
 
-def test_weight_update_changes_vllm_logprobs_to_the_new_policy(loop, engine, reference):
+def test_weight_update_changes_vllm_logprobs_to_the_new_policy(loop, engine, reference, perturbed):
     """Acceptance test: after an in-place update vLLM samples from (and scores with) the new weights."""
     greedy = SamplingConfig(temperature=0.0, max_tokens=12)
     prompts = PROMPTS + [LONG_PROMPT]
