@@ -86,7 +86,7 @@ def run_sft(base_path: str, out_dir: str, env_name: str, num_demos: int, difficu
     # Turn curriculum. Supervised on every turn from the start, a tiny random model learns the
     # tool-call format but never learns to copy the entity name from the question (0% held-out
     # success after 3,000 steps): the later turns' harder copies (a value picked by key among
-    # several) keep it on a "likely name" prior. Supervised on the first turn alone, where the
+    # several) seem to hold it on a "likely name" prior. Supervised on the first turn alone, where the
     # only name in context is the one to copy, it learns that copy in a few hundred steps; the
     # full-episode stage then builds on it.
     rng = random.Random(seed)
