@@ -10,7 +10,7 @@ import json
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -136,7 +136,7 @@ async def train_async(cfg: TurnRLConfig) -> dict:
             tasks = sampler.sample(cfg.algo.tasks_per_step)
             episodes = [task for task in tasks for _ in range(group_size)]
             group_ids = [f"{step}-{i // group_size}" for i in range(len(episodes))]
-            step_sampling = SamplingConfig(**{**asdict(sampling), "seed": cfg.train.seed * 1_000_003 + step * 4099})
+            step_sampling = replace(sampling, seed=cfg.train.seed * 1_000_003 + step * 4099)
             with tqdm(total=len(episodes), desc="rollout", unit="ep", leave=False) as bar:
                 trajs = await run_episodes(engine, chat, episodes, step_sampling, limits, group_ids, executor,
                                            on_done=bar.update)
