@@ -171,12 +171,6 @@ def load_checkpoint(path: str | Path, learner: Learner) -> tuple[int, dict]:
     return learner.step, extra
 
 
-def load_checkpoint_config(path: str | Path) -> dict:
-    """The run config stored with a checkpoint."""
-    verify_checkpoint(path)
-    return json.loads((Path(path) / "config.json").read_text())
-
-
 def latest_checkpoint(root: str | Path) -> Path | None:
     """The newest complete checkpoint under `root`: the one `latest` names, else the highest complete
     `step_N` (temp dirs of interrupted saves are never returned); None when there is none."""
