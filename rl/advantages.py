@@ -19,6 +19,21 @@ def _group_index(group_ids: Sequence[Hashable] | torch.Tensor, n: int) -> torch.
     return torch.tensor([index.setdefault(g, len(index)) for g in labels], dtype=torch.long)
 
 
+def varied_groups(rewards: torch.Tensor, group_ids: Sequence[Hashable] | torch.Tensor) -> torch.Tensor:
+    """[B] bool: True where the episode's group has rewards that differ (a group-relative signal).
+
+    A group whose rewards are all equal (singletons included) gets zero advantage under any
+    group-baseline estimator, so it only dilutes a token-mean loss.
+    """
+    rewards = torch.as_tensor(rewards, dtype=torch.float32).flatten()
+    idx = _group_index(group_ids, rewards.numel()).to(rewards.device)
+    num_groups = int(idx.max().item()) + 1 if rewards.numel() else 0
+    inf = torch.full((num_groups,), torch.inf, device=rewards.device)
+    gmax = (-inf).scatter_reduce(0, idx, rewards, "amax")
+    gmin = inf.scatter_reduce(0, idx, rewards, "amin")
+    return (gmax != gmin)[idx]
+
+
 def grpo_advantages(
     rewards: torch.Tensor,
     group_ids: Sequence[Hashable] | torch.Tensor,
@@ -41,10 +56,7 @@ def grpo_advantages(
     counts = torch.zeros(num_groups, device=rewards.device).index_add_(0, idx, torch.ones_like(rewards))
     mean = torch.zeros(num_groups, device=rewards.device).index_add_(0, idx, rewards) / counts
     centered = rewards - mean[idx]
-    inf = torch.full((num_groups,), torch.inf, device=rewards.device)
-    gmax = (-inf).scatter_reduce(0, idx, rewards, "amax")
-    gmin = inf.scatter_reduce(0, idx, rewards, "amin")
-    constant = (gmax == gmin)[idx]
+    constant = ~varied_groups(rewards, idx)
 
     if normalize_std:
         sq = torch.zeros(num_groups, device=rewards.device).index_add_(0, idx, centered**2)

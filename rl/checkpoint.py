@@ -100,7 +100,8 @@ def save_checkpoint(root: str | Path, learner: Learner, step: int, config: dict 
     if learner.rank == 0:
         _write_json(tmp / "config.json", config or {})
         torch.save(extra or {}, tmp / "extra.pt")
-        meta = {"format_version": FORMAT_VERSION, "step": step, "world_size": learner.world_size,
+        meta = {"format_version": FORMAT_VERSION, "step": step, "optimizer_steps": learner.step,
+                "world_size": learner.world_size,
                 "zero_stage": learner.cfg.zero_stage, "files": _manifest(tmp)}
         _write_json(tmp / "meta.json", meta)  # last: its presence means the rest is complete
         if final.exists():
@@ -140,10 +141,12 @@ def verify_checkpoint(path: str | Path) -> dict[str, Any]:
 
 
 def load_checkpoint(path: str | Path, learner: Learner) -> tuple[int, dict]:
-    """Restore weights, optimizer state, RNG states and the step counter into `learner` (on every rank).
+    """Restore weights, optimizer state, RNG states and the optimizer-step counter into `learner` (on
+    every rank).
 
-    Returns (step, extra). Raises CheckpointError on a missing, partial or corrupt checkpoint, or one
-    saved with a different number of ranks.
+    Returns (step, extra): the training step the checkpoint was saved at (a step may take several
+    optimizer steps) and the caller's extra state. Raises CheckpointError on a missing, partial or
+    corrupt checkpoint, or one saved with a different number of ranks.
     """
     path = Path(path)
     meta = verify_checkpoint(path)
@@ -166,9 +169,10 @@ def load_checkpoint(path: str | Path, learner: Learner) -> tuple[int, dict]:
     if load_path is None:
         raise CheckpointError(f"checkpoint {path}: DeepSpeed found no checkpoint under {ds_dir}")
     _set_rng_state(rng)
-    learner.step = int(meta["step"])
-    log.info("checkpoint loaded: %s (step %d)", path, learner.step)
-    return learner.step, extra
+    step = int(meta["step"])
+    learner.step = int(meta.get("optimizer_steps", step))
+    log.info("checkpoint loaded: %s (step %d, %d optimizer steps)", path, step, learner.step)
+    return step, extra
 
 
 def latest_checkpoint(root: str | Path) -> Path | None:

@@ -77,6 +77,12 @@ class AlgoConfig:
     clip_eps: float = 0.2
     kl_coef: float = 0.0  # > 0 adds a k3 KL penalty to a frozen reference (the starting policy)
     normalize_std: bool = True  # False is Dr.GRPO
+    # Optimizer steps per rollout batch: the batch is shuffled and cut into this many mini-batches,
+    # each one step (as PPO's mini-batches; steps after the first are off-policy and clipped).
+    mini_batches: int = 1
+    # Drop groups whose rewards are all equal before the learner step (DAPO's dynamic sampling,
+    # without refill): they have zero advantage and would only dilute the token-mean loss.
+    drop_uniform_groups: bool = False
     micro_batch_size: int = 16
     zero_stage: int = 2
 
@@ -167,10 +173,17 @@ def validate(cfg: TurnRLConfig) -> None:
         raise ConfigError(f"logger.wandb_mode={cfg.logger.wandb_mode!r} must be one of {_WANDB_MODES}")
     if cfg.algo.group_size < 2:
         raise ConfigError(f"algo.group_size={cfg.algo.group_size} must be >= 2 for group-normalised advantages")
+    if cfg.rollout.temperature <= 0:
+        raise ConfigError(f"rollout.temperature={cfg.rollout.temperature} must be > 0: greedy rollouts give "
+                          "every episode of a group the same actions, so GRPO has nothing to compare")
     for name, value in [("algo.tasks_per_step", cfg.algo.tasks_per_step), ("train.steps", cfg.train.steps),
-                        ("rollout.max_turns", cfg.rollout.max_turns)]:
+                        ("rollout.max_turns", cfg.rollout.max_turns), ("algo.mini_batches", cfg.algo.mini_batches)]:
         if value < 1:
             raise ConfigError(f"{name}={value} must be >= 1")
+    episodes = cfg.algo.tasks_per_step * cfg.algo.group_size
+    if cfg.algo.mini_batches > episodes:
+        raise ConfigError(f"algo.mini_batches={cfg.algo.mini_batches} exceeds the {episodes} episodes of a step "
+                          "(algo.tasks_per_step * algo.group_size)")
     if cfg.algo.zero_stage not in (0, 1, 2, 3):
         raise ConfigError(f"algo.zero_stage={cfg.algo.zero_stage} must be 0, 1, 2 or 3")
 

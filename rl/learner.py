@@ -36,6 +36,9 @@ class LearnerConfig:
     adam_eps: float = 1e-8
     grad_clip: float = 1.0  # 0 disables clipping
     micro_batch_size: int = 16  # sequences per forward/backward on one rank
+    # The rollout's sampling temperature: log-probs are taken of softmax(logits / temperature), the
+    # distribution the engine sampled from, so the ratio to the behaviour log-probs starts at 1.
+    temperature: float = 1.0
     clip_eps: float = 0.2
     clip_eps_high: float | None = None  # None: symmetric clipping
     kl_coef: float = 0.0  # 0: no reference model is loaded at all
@@ -100,6 +103,14 @@ def make_train_batch(trajectories: Sequence[Trajectory], advantages: torch.Tenso
     return TrainBatch(input_ids, attention_mask, loss_mask, old_logprobs, adv)
 
 
+def split_mini_batches(batch: TrainBatch, num: int, generator: torch.Generator | None = None) -> list[TrainBatch]:
+    """`batch` shuffled and cut into `num` mini-batches of near-equal size (one optimizer step each)."""
+    if not 1 <= num <= len(batch):
+        raise ValueError(f"cannot cut a batch of {len(batch)} sequences into {num} mini-batches")
+    order = torch.randperm(len(batch), generator=generator)
+    return [batch.select(index) for index in order.tensor_split(num)]
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -143,6 +154,9 @@ class Learner:
         self.device = torch.device(accel.device_name(int(os.environ.get("LOCAL_RANK", 0))))
         if cfg.dtype not in _DTYPES:
             raise ValueError(f"LearnerConfig.dtype must be one of {sorted(_DTYPES)}, got {cfg.dtype!r}")
+        if cfg.temperature <= 0:
+            raise ValueError(f"LearnerConfig.temperature must be > 0 (greedy rollouts have no policy gradient), "
+                             f"got {cfg.temperature}")
         if cfg.dtype != "float32" and self.device.type == "cpu":
             raise ValueError(f"LearnerConfig.dtype={cfg.dtype!r} needs a GPU; CPU training is float32")
 
@@ -228,6 +242,8 @@ class Learner:
             self.engine.set_gradient_accumulation_boundary(i == len(chunks) - 1)
             mb = self._micro_batch(batch, chunk)
             logits = self.engine(input_ids=mb.input_ids, attention_mask=mb.attention_mask).logits[:, :-1]
+            if cfg.temperature != 1.0:
+                logits = logits / cfg.temperature
             targets, mask = mb.input_ids[:, 1:], mb.loss_mask[:, 1:]
             logprobs = token_logprobs(logits, targets)
             pg_loss, pg_metrics = policy_loss(logprobs, mb.old_logprobs[:, 1:], mb.advantages, mask,
@@ -237,7 +253,7 @@ class Learner:
             if self.ref_model is not None:
                 with torch.no_grad():
                     ref_out = self.ref_model(input_ids=mb.input_ids, attention_mask=mb.attention_mask)
-                    ref_logprobs = token_logprobs(ref_out.logits[:, :-1], targets)
+                    ref_logprobs = token_logprobs(ref_out.logits[:, :-1] / cfg.temperature, targets)
                 kl_ref = kl_k3(logprobs, ref_logprobs, mask)
                 loss = loss + cfg.kl_coef * kl_ref
             n_tokens = float(mask.sum())

@@ -20,12 +20,12 @@ from transformers import AutoTokenizer
 
 from curricula.tasks import UniformTaskSampler, heldout_tasks
 from rewards.outcome import outcome_rewards
-from rl.advantages import grpo_advantages
+from rl.advantages import grpo_advantages, varied_groups
 from rl.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
 from rl.config import TurnRLConfig
 from rl.engines import make_engine
 from rl.evaluate import EvalResult, evaluate
-from rl.learner import Learner, LearnerConfig, make_train_batch
+from rl.learner import Learner, LearnerConfig, make_train_batch, split_mini_batches
 from rl.metrics import MetricsSink
 from rl.report import write_report
 from rollout.agent_loop import EpisodeLimits, run_episodes
@@ -48,7 +48,8 @@ def learner_config(cfg: TurnRLConfig) -> LearnerConfig:
     a = cfg.algo
     return LearnerConfig(lr=a.lr, weight_decay=a.weight_decay, grad_clip=a.grad_clip,
                          micro_batch_size=a.micro_batch_size, clip_eps=a.clip_eps, kl_coef=a.kl_coef,
-                         zero_stage=a.zero_stage, seed=cfg.train.seed, dtype=cfg.model.dtype)
+                         zero_stage=a.zero_stage, seed=cfg.train.seed, dtype=cfg.model.dtype,
+                         temperature=cfg.rollout.temperature)
 
 
 def rollout_metrics(trajs: list[Trajectory]) -> dict[str, float]:
@@ -142,11 +143,23 @@ async def train_async(cfg: TurnRLConfig) -> dict:
                                            on_done=bar.update)
             t_rollout = time.perf_counter() - t0
 
-            rewards = outcome_rewards(trajs)
-            advantages = grpo_advantages(torch.tensor(rewards), group_ids, normalize_std=cfg.algo.normalize_std)
-            batch = make_train_batch(trajs, advantages, tokenizer.pad_token_id)
+            rewards = torch.tensor(outcome_rewards(trajs))
+            advantages = grpo_advantages(rewards, group_ids, normalize_std=cfg.algo.normalize_std)
+            keep = varied_groups(rewards, group_ids)
+            informative = keep.float().mean().item()
+            if not cfg.algo.drop_uniform_groups:
+                keep = torch.ones_like(keep)
             t1 = time.perf_counter()
-            train_metrics = learner.train_step(batch)
+            train_metrics = {}
+            if keep.any():
+                batch = make_train_batch([t for t, k in zip(trajs, keep, strict=True) if k], advantages[keep],
+                                         tokenizer.pad_token_id)
+                shuffle = torch.Generator().manual_seed(cfg.train.seed * 7919 + step)
+                per_update = [learner.train_step(mini_batch) for mini_batch in
+                              split_mini_batches(batch, min(cfg.algo.mini_batches, len(batch)), shuffle)]
+                train_metrics = {k: sum(m[k] for m in per_update) / len(per_update) for k in per_update[0]}
+            else:
+                log.info("step %d: every group's rewards are equal; no learner step", step + 1)
             t_train = time.perf_counter() - t1
 
             t2 = time.perf_counter()
@@ -157,6 +170,8 @@ async def train_async(cfg: TurnRLConfig) -> dict:
             metrics = {
                 **rollout_metrics(trajs),
                 **{f"train/{k}": v for k, v in train_metrics.items()},
+                "train/informative_group_share": informative,
+                "train/optimizer_steps": learner.step,
                 "perf/rollout_s": t_rollout,
                 "perf/train_s": t_train,
                 "perf/weight_sync_s": t_sync,

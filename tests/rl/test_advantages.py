@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from rl.advantages import grpo_advantages
+from rl.advantages import grpo_advantages, varied_groups
 
 
 def test_grpo_subtracts_group_mean_and_divides_by_unbiased_group_std():
@@ -48,3 +48,9 @@ def test_eps_keeps_tiny_std_finite():
 def test_group_ids_must_match_rewards():
     with pytest.raises(ValueError, match="group_ids"):
         grpo_advantages(torch.tensor([1.0, 0.0]), ["a"])
+
+
+def test_varied_groups_marks_episodes_of_groups_whose_rewards_differ():
+    rewards = torch.tensor([1.0, 1.0, 0.0, 1.0, 0.5, 0.5, 2.0])
+    groups = ["a", "a", "b", "b", "c", "c", "solo"]
+    assert varied_groups(rewards, groups).tolist() == [False, False, True, True, False, False, False]

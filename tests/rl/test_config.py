@@ -26,6 +26,9 @@ def test_overrides_and_groups_apply():
         ("env.name=nowhere", "nowhere"),
         ("rollout.engine=sglang", "rollout.engine"),
         ("algo.group_size=1", "algo.group_size"),
+        ("rollout.temperature=0", "rollout.temperature"),
+        ("algo.mini_batches=0", "algo.mini_batches"),
+        ("algo.mini_batches=65", "algo.mini_batches"),
     ],
 )
 def test_bad_keys_and_values_fail_naming_the_key(override, names):

@@ -14,7 +14,7 @@ import pytest
 import torch
 from transformers import Qwen2ForCausalLM
 
-from rl.learner import Learner, LearnerConfig, TrainBatch, make_train_batch
+from rl.learner import Learner, LearnerConfig, TrainBatch, make_train_batch, split_mini_batches
 from rl.losses import token_logprobs
 from rollout.types import FinishReason, Trajectory
 
@@ -24,9 +24,9 @@ WORKER = Path(__file__).with_name("ds_two_rank_worker.py")
 
 
 def on_policy_batch(model_dir: Path, advantages: list[float], lengths: list[int], prompt: int = 3,
-                    seed: int = 0) -> TrainBatch:
+                    seed: int = 0, temperature: float = 1.0) -> TrainBatch:
     """Random sequences of the given lengths, policy tokens after `prompt`, behaviour log-probs from
-    the model itself (what an engine with the same weights would report)."""
+    the model itself at `temperature` (what an engine with the same weights would report)."""
     g = torch.Generator().manual_seed(seed)
     n, t = len(lengths), max(lengths)
     input_ids = torch.randint(0, 64, (n, t), generator=g)
@@ -35,7 +35,7 @@ def on_policy_batch(model_dir: Path, advantages: list[float], lengths: list[int]
     loss_mask = attention_mask.float() * (torch.arange(t) >= prompt).float()
     model = Qwen2ForCausalLM.from_pretrained(model_dir)
     with torch.no_grad():
-        logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
+        logits = model(input_ids=input_ids, attention_mask=attention_mask).logits / temperature
     old = torch.zeros(n, t)
     old[:, 1:] = token_logprobs(logits[:, :-1], input_ids[:, 1:]) * loss_mask[:, 1:]
     return TrainBatch(input_ids, attention_mask, loss_mask, old, torch.tensor(advantages))
@@ -94,6 +94,28 @@ def test_train_steps_raise_logprob_of_positive_advantage_tokens_and_lower_the_lo
     gain = (policy_logprobs(learner, batch) - lp0) * batch.loss_mask[:, 1:]
     pos, neg = gain[batch.advantages > 0].sum(), gain[batch.advantages < 0].sum()
     assert pos > 0 > neg
+
+
+def test_learner_scores_tokens_at_the_rollout_temperature(qwen2_dir):
+    batch = on_policy_batch(qwen2_dir, [1.0, -1.0], [12, 10], temperature=0.5)
+    matched = Learner(qwen2_dir, LearnerConfig(lr=1e-2, micro_batch_size=2, temperature=0.5)).train_step(batch)
+    assert matched["ratio_mean"] == pytest.approx(1.0, abs=1e-5)
+    assert matched["approx_kl"] == pytest.approx(0.0, abs=1e-6)
+    mismatched = Learner(qwen2_dir, LearnerConfig(lr=1e-2, micro_batch_size=2)).train_step(batch)
+    assert mismatched["approx_kl"] > 1e-3
+
+
+def test_split_mini_batches_covers_every_row_once_in_near_equal_parts():
+    batch = TrainBatch(torch.arange(7).unsqueeze(1).repeat(1, 3), torch.ones(7, 3, dtype=torch.long),
+                       torch.ones(7, 3), torch.zeros(7, 3), torch.arange(7.0))
+    parts = split_mini_batches(batch, 3, torch.Generator().manual_seed(0))
+    assert sorted(len(p) for p in parts) == [2, 2, 3]
+    rows = sorted(int(r) for p in parts for r in p.input_ids[:, 0])
+    assert rows == list(range(7))
+    for p in parts:  # rows stay whole: the advantage travels with its sequence
+        assert p.advantages.tolist() == p.input_ids[:, 0].float().tolist()
+    with pytest.raises(ValueError, match="mini-batches"):
+        split_mini_batches(batch, 8)
 
 
 def test_micro_batching_gives_the_same_update_as_one_big_batch(qwen2_dir):

@@ -29,7 +29,7 @@ def run(tmp_path_factory):
     common = ["+experiment=smoke", "model.hidden_size=128", "model.num_layers=2", f"train.out_dir={root}/run"]
     turnrl("model", "init", *common, env=env)
     turnrl("sft", *common, env=env)
-    proc = turnrl("train", *common, "rollout=vllm", env=env)
+    proc = turnrl("train", *common, "rollout=vllm", "algo.mini_batches=2", env=env)
     return root, env, common, proc
 
 
@@ -41,6 +41,7 @@ def test_train_writes_summary_report_metrics_and_checkpoints(run):
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in rows if "train/loss" in r]
     assert [r["step"] for r in steps] == [1, 2]
+    assert [r["train/optimizer_steps"] for r in steps] == [2, 4]  # algo.mini_batches=2 per step
     for prefix in ("rollout/", "train/", "reward/", "perf/", "eval/"):
         assert any(k.startswith(prefix) for r in rows for k in r), prefix
     assert all(r["perf/weight_sync_s"] > 0 for r in steps)
@@ -53,7 +54,8 @@ def test_train_writes_summary_report_metrics_and_checkpoints(run):
 def test_resume_continues_from_the_checkpoint(run):
     root, env, common, _ = run
     out = root / "run"
-    turnrl("train", *common, "train.steps=3", f"train.resume={out}/checkpoints", env=env)
+    turnrl("train", *common, "algo.mini_batches=2", "train.steps=3", f"train.resume={out}/checkpoints", env=env)
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if "train/loss" in r] == [1, 2, 3]
+    assert [r["train/optimizer_steps"] for r in rows if "train/loss" in r] == [2, 4, 6]
     assert (out / "checkpoints" / "step_3" / "meta.json").exists()
