@@ -64,3 +64,50 @@ def grpo_advantages(
         centered = centered / (std[idx] + eps)
     # Exact zeros: a float mean of equal values can be off by an ulp, which eps would not hide.
     return torch.where(constant, torch.zeros_like(centered), centered)
+
+
+def rloo_advantages(rewards: torch.Tensor, group_ids: Sequence[Hashable] | torch.Tensor) -> torch.Tensor:
+    """RLOO: each reward minus the mean of the *other* rewards of its group (leave-one-out baseline).
+
+    Equals n / (n - 1) times the reward minus the group mean; singletons get 0.
+    rewards: [B]; group_ids: [B] labels. Returns [B] float32.
+    """
+    rewards = torch.as_tensor(rewards, dtype=torch.float32).flatten()
+    idx = _group_index(group_ids, rewards.numel()).to(rewards.device)
+    num_groups = int(idx.max().item()) + 1 if rewards.numel() else 0
+    counts = torch.zeros(num_groups, device=rewards.device).index_add_(0, idx, torch.ones_like(rewards))
+    sums = torch.zeros(num_groups, device=rewards.device).index_add_(0, idx, rewards)
+    n = counts[idx]
+    others_mean = (sums[idx] - rewards) / (n - 1).clamp(min=1)
+    adv = torch.where(n > 1, rewards - others_mean, torch.zeros_like(rewards))
+    return torch.where(varied_groups(rewards, idx), adv, torch.zeros_like(adv))
+
+
+def reinforce_pp_advantages(rewards: torch.Tensor, group_ids: Sequence[Hashable] | torch.Tensor,
+                            eps: float = 1e-6) -> torch.Tensor:
+    """REINFORCE++ (its "-baseline" form for grouped rollouts): subtract the group mean, then divide
+    by the std of those centred rewards over the whole batch (global, not per-group, normalisation,
+    which keeps near-uniform groups from being blown up as GRPO's per-group std does).
+
+    rewards: [B]; group_ids: [B] labels. Returns [B] float32 (all 0 when every group is uniform).
+    """
+    centered = grpo_advantages(rewards, group_ids, normalize_std=False)
+    if centered.numel() < 2:
+        return torch.zeros_like(centered)
+    return centered / (centered.std() + eps)
+
+
+ADVANTAGE_ESTIMATORS = ("grpo", "dr_grpo", "rloo", "reinforce_pp")
+
+
+def compute_advantages(name: str, rewards: torch.Tensor, group_ids: Sequence[Hashable] | torch.Tensor) -> torch.Tensor:
+    """The advantages [B] of the estimator called `name` (one of ADVANTAGE_ESTIMATORS)."""
+    if name == "grpo":
+        return grpo_advantages(rewards, group_ids)
+    if name == "dr_grpo":
+        return grpo_advantages(rewards, group_ids, normalize_std=False)
+    if name == "rloo":
+        return rloo_advantages(rewards, group_ids)
+    if name == "reinforce_pp":
+        return reinforce_pp_advantages(rewards, group_ids)
+    raise ValueError(f"unknown advantage estimator {name!r}; choose one of {ADVANTAGE_ESTIMATORS}")

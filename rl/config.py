@@ -68,6 +68,7 @@ class RolloutConfig:
 
 @dataclass
 class AlgoConfig:
+    # The advantage estimator: grpo | dr_grpo (no division by the group std) | rloo | reinforce_pp
     name: str = "grpo"
     group_size: int = 8  # episodes per task (the GRPO group)
     tasks_per_step: int = 8
@@ -76,7 +77,16 @@ class AlgoConfig:
     grad_clip: float = 1.0
     clip_eps: float = 0.2
     kl_coef: float = 0.0  # > 0 adds a k3 KL penalty to a frozen reference (the starting policy)
-    normalize_std: bool = True  # False is Dr.GRPO
+    # token-mean | seq-mean-token-mean | seq-mean-token-sum-norm (normalised by loss_agg_norm_length,
+    # 0: rollout.max_total_tokens)
+    loss_agg: str = "token-mean"
+    loss_agg_norm_length: int = 0
+    # Off-policy correction: none | token | sequence. Other than none, the learner recomputes the
+    # log-probs of the batch before its first update (the proximal policy), clips against them
+    # (decoupled PPO) and weights tokens by the truncated ratio proximal / behaviour (TIS), capped
+    # at is_cap, per token or per sequence.
+    importance_weights: str = "none"
+    is_cap: float = 2.0
     # Optimizer steps per rollout batch: the batch is shuffled and cut into this many mini-batches,
     # each one step (as PPO's mini-batches; steps after the first are off-policy and clipped).
     mini_batches: int = 1
@@ -171,6 +181,16 @@ def validate(cfg: TurnRLConfig) -> None:
         raise ConfigError(f"rollout.engine={cfg.rollout.engine!r} must be one of {_ENGINES}")
     if cfg.logger.wandb_mode not in _WANDB_MODES:
         raise ConfigError(f"logger.wandb_mode={cfg.logger.wandb_mode!r} must be one of {_WANDB_MODES}")
+    from rl.advantages import ADVANTAGE_ESTIMATORS
+    from rl.losses import IMPORTANCE_WEIGHT_LEVELS, LOSS_AGGREGATIONS
+
+    for name, value, allowed in [("algo.name", cfg.algo.name, ADVANTAGE_ESTIMATORS),
+                                 ("algo.loss_agg", cfg.algo.loss_agg, LOSS_AGGREGATIONS),
+                                 ("algo.importance_weights", cfg.algo.importance_weights, IMPORTANCE_WEIGHT_LEVELS)]:
+        if value not in allowed:
+            raise ConfigError(f"{name}={value!r} must be one of {allowed}")
+    if cfg.algo.is_cap < 1:
+        raise ConfigError(f"algo.is_cap={cfg.algo.is_cap} must be >= 1 (it truncates importance weights from above)")
     if cfg.algo.group_size < 2:
         raise ConfigError(f"algo.group_size={cfg.algo.group_size} must be >= 2 for group-normalised advantages")
     if cfg.rollout.temperature <= 0:

@@ -20,7 +20,17 @@ import numpy as np
 import torch
 from transformers import AutoModelForCausalLM
 
-from rl.losses import kl_k3, masked_mean, policy_loss, token_entropy, token_logprobs
+from rl.losses import (
+    IMPORTANCE_WEIGHT_LEVELS,
+    LOSS_AGGREGATIONS,
+    importance_weights,
+    kl_k3,
+    loss_units,
+    masked_mean,
+    policy_loss,
+    token_entropy,
+    token_logprobs,
+)
 from rollout.types import Trajectory
 
 log = logging.getLogger(__name__)
@@ -42,6 +52,13 @@ class LearnerConfig:
     clip_eps: float = 0.2
     clip_eps_high: float | None = None  # None: symmetric clipping
     kl_coef: float = 0.0  # 0: no reference model is loaded at all
+    loss_agg: str = "token-mean"  # one of rl.losses.LOSS_AGGREGATIONS
+    loss_agg_norm_length: float = 0.0  # the constant of seq-mean-token-sum-norm
+    # Off-policy correction: "none" clips against the behaviour log-probs; "token" / "sequence"
+    # clip against the proximal log-probs (decoupled PPO) and weight each token by the truncated
+    # importance ratio proximal / behaviour, per token or per sequence (TIS), capped at is_cap.
+    importance_weights: str = "none"
+    is_cap: float = 2.0
     zero_stage: int = 2
     seed: int = 0
     dtype: str = "float32"  # "bfloat16" on GPU (DeepSpeed keeps fp32 master weights); CPU is float32
@@ -54,7 +71,9 @@ class TrainBatch:
 
     input_ids: [N, T] long; attention_mask: [N, T] (1 on real tokens); loss_mask: [N, T] (1 on
     policy tokens; the loss for token t uses the logits at t-1, so loss_mask[:, 0] is ignored);
-    old_logprobs: [N, T] behaviour log-probs of the tokens at the same positions; advantages: [N].
+    old_logprobs: [N, T] behaviour log-probs (the engine's) of the tokens at the same positions;
+    advantages: [N]; proximal_logprobs: optional [N, T] log-probs under the learner's weights before
+    this batch's first update (`Learner.proximal_logprobs`), the clip anchor of decoupled PPO.
     """
 
     input_ids: torch.Tensor
@@ -62,11 +81,12 @@ class TrainBatch:
     loss_mask: torch.Tensor
     old_logprobs: torch.Tensor
     advantages: torch.Tensor
+    proximal_logprobs: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         shape = tuple(self.input_ids.shape)
-        for name in ("attention_mask", "loss_mask", "old_logprobs"):
-            if tuple(getattr(self, name).shape) != shape:
+        for name in ("attention_mask", "loss_mask", "old_logprobs", "proximal_logprobs"):
+            if getattr(self, name) is not None and tuple(getattr(self, name).shape) != shape:
                 raise ValueError(f"TrainBatch.{name} has shape {tuple(getattr(self, name).shape)}, "
                                  f"input_ids has {shape}")
         if tuple(self.advantages.shape) != shape[:1]:
@@ -79,9 +99,15 @@ class TrainBatch:
     def select(self, index: torch.Tensor) -> TrainBatch:
         """The rows in `index` ([n] long), trimmed to their longest sequence."""
         length = max(int(self.attention_mask[index].sum(1).max().item()), 1) if len(index) else 1
+        prox = None if self.proximal_logprobs is None else self.proximal_logprobs[index, :length]
         return TrainBatch(self.input_ids[index, :length], self.attention_mask[index, :length],
                           self.loss_mask[index, :length], self.old_logprobs[index, :length],
-                          self.advantages[index])
+                          self.advantages[index], prox)
+
+    def to(self, device: torch.device) -> TrainBatch:
+        return TrainBatch(*(None if t is None else t.to(device) for t in (
+            self.input_ids, self.attention_mask, self.loss_mask, self.old_logprobs, self.advantages,
+            self.proximal_logprobs)))
 
 
 def make_train_batch(trajectories: Sequence[Trajectory], advantages: torch.Tensor | Sequence[float],
@@ -154,6 +180,11 @@ class Learner:
         self.device = torch.device(accel.device_name(int(os.environ.get("LOCAL_RANK", 0))))
         if cfg.dtype not in _DTYPES:
             raise ValueError(f"LearnerConfig.dtype must be one of {sorted(_DTYPES)}, got {cfg.dtype!r}")
+        if cfg.loss_agg not in LOSS_AGGREGATIONS:
+            raise ValueError(f"LearnerConfig.loss_agg must be one of {LOSS_AGGREGATIONS}, got {cfg.loss_agg!r}")
+        if cfg.importance_weights not in IMPORTANCE_WEIGHT_LEVELS:
+            raise ValueError(f"LearnerConfig.importance_weights must be one of {IMPORTANCE_WEIGHT_LEVELS}, "
+                             f"got {cfg.importance_weights!r}")
         if cfg.temperature <= 0:
             raise ValueError(f"LearnerConfig.temperature must be > 0 (greedy rollouts have no policy gradient), "
                              f"got {cfg.temperature}")
@@ -217,26 +248,52 @@ class Learner:
         mb = batch.select(index)
         dummy = torch.tensor([r is None for r in rows])
         mb.loss_mask = mb.loss_mask.masked_fill(dummy.unsqueeze(-1), 0.0)
-        return TrainBatch(*(t.to(self.device) for t in (mb.input_ids, mb.attention_mask, mb.loss_mask,
-                                                        mb.old_logprobs, mb.advantages)))
+        return mb.to(self.device)
+
+    @torch.no_grad()
+    def proximal_logprobs(self, batch: TrainBatch) -> torch.Tensor:
+        """Log-probs [N, T] of `batch`'s tokens under the current weights (at the rollout temperature),
+        aligned like `old_logprobs`: the clip anchor of decoupled PPO. Every rank scores the whole
+        batch (a forward pass, no collectives). Under ZeRO-3 the forward gathers parameters, so call
+        it on every rank."""
+        self.engine.eval()
+        out = torch.zeros_like(batch.old_logprobs)
+        for start in range(0, len(batch), self.cfg.micro_batch_size):
+            rows = list(range(start, min(start + self.cfg.micro_batch_size, len(batch))))
+            mb = self._micro_batch(batch, rows)
+            logits = self.engine(input_ids=mb.input_ids, attention_mask=mb.attention_mask).logits[:, :-1]
+            scored = token_logprobs(logits / self.cfg.temperature, mb.input_ids[:, 1:])
+            out[start:start + len(rows), 1:scored.shape[1] + 1] = scored.cpu() * mb.attention_mask[:, 1:].cpu()
+        return out
 
     def train_step(self, batch: TrainBatch) -> dict[str, float]:
         """One optimizer step on `batch` (every rank passes the same whole batch and takes its shard).
 
-        The loss is the token-mean over all policy tokens of the batch, across micro-batches and ranks.
+        The loss is aggregated over the whole batch (`loss_agg`: its tokens or its sequences), across
+        micro-batches and ranks. With `importance_weights` other than "none" the batch must carry
+        `proximal_logprobs`.
         """
         cfg = self.cfg
+        off_policy = cfg.importance_weights != "none"
+        if off_policy and batch.proximal_logprobs is None:
+            raise ValueError(f"importance_weights={cfg.importance_weights!r} needs batch.proximal_logprobs: "
+                             "score the batch with Learner.proximal_logprobs before its first update")
         self.engine.train()
         rows = self._shard(len(batch))
-        local_tokens = sum(float(batch.loss_mask[r, 1:].sum()) for r in rows if r is not None)
-        total_tokens = float(self._all_reduce_sum(torch.tensor([local_tokens], dtype=torch.float64))[0])
+        local = [r for r in rows if r is not None]
+        mask_rows = batch.loss_mask[local, 1:] if local else torch.zeros(0, 1)
+        local_counts = torch.tensor([float(mask_rows.sum()), float(loss_units(mask_rows, cfg.loss_agg))],
+                                    dtype=torch.float64)
+        total_tokens, total_units = (float(x) for x in self._all_reduce_sum(local_counts))
         if total_tokens == 0:
             log.warning("train_step: the batch has no policy tokens; the step only decays/moves by momentum")
         # DeepSpeed averages gradients over ranks; multiplying by world_size makes that a plain sum.
-        scale = self.world_size / max(total_tokens, 1.0)
+        scale = self.world_size / max(total_units, 1.0)
+        norm_length = cfg.loss_agg_norm_length or None
 
-        # Token-weighted sums: loss, clipfrac, approx_kl, ratio, kl_ref, entropy.
-        sums = torch.zeros(6, dtype=torch.float64)
+        # Sums over the batch: the loss (per unit), then token-weighted clipfrac, approx_kl, ratio,
+        # kl_ref, entropy, importance weight.
+        sums = torch.zeros(7, dtype=torch.float64)
         chunks = [rows[i:i + cfg.micro_batch_size] for i in range(0, len(rows), cfg.micro_batch_size)]
         for i, chunk in enumerate(chunks):
             self.engine.set_gradient_accumulation_boundary(i == len(chunks) - 1)
@@ -246,8 +303,13 @@ class Learner:
                 logits = logits / cfg.temperature
             targets, mask = mb.input_ids[:, 1:], mb.loss_mask[:, 1:]
             logprobs = token_logprobs(logits, targets)
-            pg_loss, pg_metrics = policy_loss(logprobs, mb.old_logprobs[:, 1:], mb.advantages, mask,
-                                              cfg.clip_eps, cfg.clip_eps_high)
+            behavior = mb.old_logprobs[:, 1:]
+            anchor, weights = behavior, None
+            if off_policy:
+                anchor = mb.proximal_logprobs[:, 1:]
+                weights = importance_weights(anchor, behavior, mask, cfg.importance_weights, cfg.is_cap)
+            pg_loss, pg_metrics = policy_loss(logprobs, anchor, mb.advantages, mask, cfg.clip_eps,
+                                              cfg.clip_eps_high, weights, cfg.loss_agg, norm_length)
             loss = pg_loss
             kl_ref = torch.zeros(())
             if self.ref_model is not None:
@@ -256,13 +318,14 @@ class Learner:
                     ref_logprobs = token_logprobs(ref_out.logits[:, :-1] / cfg.temperature, targets)
                 kl_ref = kl_k3(logprobs, ref_logprobs, mask)
                 loss = loss + cfg.kl_coef * kl_ref
-            n_tokens = float(mask.sum())
-            # A micro-batch's token-mean times its share of the batch's tokens sums to the batch token-mean.
-            self.engine.backward(loss * (n_tokens * scale), scale_wrt_gas=False)
+            n_tokens, n_units = float(mask.sum()), float(loss_units(mask, cfg.loss_agg))
+            # A micro-batch's mean times its share of the batch's units sums to the batch mean.
+            self.engine.backward(loss * (n_units * scale), scale_wrt_gas=False)
             entropy = masked_mean(token_entropy(logits.detach()), mask).item()
-            sums += n_tokens * torch.tensor([loss.item(), pg_metrics["clipfrac"].item(),
-                                             pg_metrics["approx_kl"].item(), pg_metrics["ratio_mean"].item(),
-                                             kl_ref.item(), entropy], dtype=torch.float64)
+            mean_weight = masked_mean(weights, mask).item() if weights is not None else 1.0
+            sums += torch.tensor([loss.item() * n_units] + [n_tokens * v for v in (
+                pg_metrics["clipfrac"].item(), pg_metrics["approx_kl"].item(), pg_metrics["ratio_mean"].item(),
+                kl_ref.item(), entropy, mean_weight)], dtype=torch.float64)
         # ZeRO stages 1-3 report the pre-clip norm after step(); stage 0 does not, so measure it here.
         grad_norm = self._grad_norm() if cfg.zero_stage == 0 else None
         self.engine.step()
@@ -270,14 +333,17 @@ class Learner:
         if grad_norm is None:
             grad_norm = self.engine.get_global_grad_norm()
 
-        sums = self._all_reduce_sum(sums) / max(total_tokens, 1.0)
+        sums = self._all_reduce_sum(sums)
+        loss_mean = sums[0].item() / max(total_units, 1.0)
+        sums = sums / max(total_tokens, 1.0)
         return {
-            "loss": sums[0].item(),
+            "loss": loss_mean,
             "pg_clipfrac": sums[1].item(),
             "approx_kl": sums[2].item(),
             "ratio_mean": sums[3].item(),
             "kl_ref": sums[4].item(),
             "entropy": sums[5].item(),
+            "is_weight_mean": sums[6].item(),
             "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
             "lr": float(self.optimizer.param_groups[0]["lr"]),
             "tokens": total_tokens,

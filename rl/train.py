@@ -20,7 +20,7 @@ from transformers import AutoTokenizer
 
 from curricula.tasks import UniformTaskSampler, heldout_tasks
 from rewards.outcome import outcome_rewards
-from rl.advantages import grpo_advantages, varied_groups
+from rl.advantages import compute_advantages, varied_groups
 from rl.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
 from rl.config import TurnRLConfig
 from rl.engines import make_engine
@@ -49,7 +49,9 @@ def learner_config(cfg: TurnRLConfig) -> LearnerConfig:
     return LearnerConfig(lr=a.lr, weight_decay=a.weight_decay, grad_clip=a.grad_clip,
                          micro_batch_size=a.micro_batch_size, clip_eps=a.clip_eps, kl_coef=a.kl_coef,
                          zero_stage=a.zero_stage, seed=cfg.train.seed, dtype=cfg.model.dtype,
-                         temperature=cfg.rollout.temperature)
+                         temperature=cfg.rollout.temperature, loss_agg=a.loss_agg,
+                         loss_agg_norm_length=a.loss_agg_norm_length or cfg.rollout.max_total_tokens,
+                         importance_weights=a.importance_weights, is_cap=a.is_cap)
 
 
 def rollout_metrics(trajs: list[Trajectory]) -> dict[str, float]:
@@ -144,7 +146,7 @@ async def train_async(cfg: TurnRLConfig) -> dict:
             t_rollout = time.perf_counter() - t0
 
             rewards = torch.tensor(outcome_rewards(trajs))
-            advantages = grpo_advantages(rewards, group_ids, normalize_std=cfg.algo.normalize_std)
+            advantages = compute_advantages(cfg.algo.name, rewards, group_ids)
             keep = varied_groups(rewards, group_ids)
             informative = keep.float().mean().item()
             if not cfg.algo.drop_uniform_groups:
@@ -154,6 +156,8 @@ async def train_async(cfg: TurnRLConfig) -> dict:
             if keep.any():
                 batch = make_train_batch([t for t, k in zip(trajs, keep, strict=True) if k], advantages[keep],
                                          tokenizer.pad_token_id)
+                if cfg.algo.importance_weights != "none":
+                    batch.proximal_logprobs = learner.proximal_logprobs(batch)
                 shuffle = torch.Generator().manual_seed(cfg.train.seed * 7919 + step)
                 per_update = [learner.train_step(mini_batch) for mini_batch in
                               split_mini_batches(batch, min(cfg.algo.mini_batches, len(batch)), shuffle)]

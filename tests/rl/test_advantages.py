@@ -7,7 +7,13 @@ import math
 import pytest
 import torch
 
-from rl.advantages import grpo_advantages, varied_groups
+from rl.advantages import (
+    compute_advantages,
+    grpo_advantages,
+    reinforce_pp_advantages,
+    rloo_advantages,
+    varied_groups,
+)
 
 
 def test_grpo_subtracts_group_mean_and_divides_by_unbiased_group_std():
@@ -54,3 +60,32 @@ def test_varied_groups_marks_episodes_of_groups_whose_rewards_differ():
     rewards = torch.tensor([1.0, 1.0, 0.0, 1.0, 0.5, 0.5, 2.0])
     groups = ["a", "a", "b", "b", "c", "c", "solo"]
     assert varied_groups(rewards, groups).tolist() == [False, False, True, True, False, False, False]
+
+
+def test_rloo_subtracts_the_mean_of_the_other_rewards_of_the_group():
+    # Group a: 1, 0, 0, 1 -> 1 - (0+0+1)/3 = 2/3 and 0 - (1+0+1)/3 = -2/3. Group b: 3, 1 -> +2, -2.
+    # Group c: 2, 2, 2 (uniform) and the singleton d -> 0.
+    rewards = torch.tensor([1.0, 0.0, 0.0, 1.0, 3.0, 1.0, 2.0, 2.0, 2.0, 7.0])
+    groups = ["a", "a", "a", "a", "b", "b", "c", "c", "c", "d"]
+    adv = rloo_advantages(rewards, groups)
+    expected = torch.tensor([2 / 3, -2 / 3, -2 / 3, 2 / 3, 2.0, -2.0, 0.0, 0.0, 0.0, 0.0])
+    torch.testing.assert_close(adv, expected)
+
+
+def test_reinforce_pp_centres_per_group_and_normalises_by_the_batch_std():
+    # Centred: group a (1, 0) -> 0.5, -0.5; group b (4, 0) -> 2, -2; group c (1, 1) -> 0, 0.
+    # Batch std (unbiased) of [0.5, -0.5, 2, -2, 0, 0]: sum of squares 8.5 / 5 = 1.7 -> std 1.30384
+    rewards = torch.tensor([1.0, 0.0, 4.0, 0.0, 1.0, 1.0])
+    adv = reinforce_pp_advantages(rewards, ["a", "a", "b", "b", "c", "c"], eps=0.0)
+    std = math.sqrt(1.7)
+    torch.testing.assert_close(adv, torch.tensor([0.5, -0.5, 2.0, -2.0, 0.0, 0.0]) / std)
+    assert reinforce_pp_advantages(torch.ones(4), [0, 0, 1, 1]).tolist() == [0.0] * 4
+
+
+def test_compute_advantages_dispatches_by_name():
+    rewards, groups = torch.tensor([3.0, 1.0, 0.0, 0.0, 3.0]), [0, 0, 1, 1, 1]
+    torch.testing.assert_close(compute_advantages("dr_grpo", rewards, groups),
+                               grpo_advantages(rewards, groups, normalize_std=False))
+    torch.testing.assert_close(compute_advantages("rloo", rewards, groups), rloo_advantages(rewards, groups))
+    with pytest.raises(ValueError, match="unknown advantage estimator 'ppo'"):
+        compute_advantages("ppo", rewards, groups)

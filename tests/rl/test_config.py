@@ -16,6 +16,14 @@ def test_overrides_and_groups_apply():
     assert cfg.train.steps == 2
 
 
+@pytest.mark.parametrize("group, name, loss_agg", [("grpo", "grpo", "token-mean"), ("rloo", "rloo", "token-mean"),
+                                                   ("reinforce_pp", "reinforce_pp", "token-mean"),
+                                                   ("dr_grpo", "dr_grpo", "seq-mean-token-sum-norm")])
+def test_algo_groups_select_estimator_and_loss_aggregation(group, name, loss_agg):
+    cfg = load_config([f"algo={group}"])
+    assert (cfg.algo.name, cfg.algo.loss_agg) == (name, loss_agg)
+
+
 @pytest.mark.parametrize(
     "override, names",
     [
@@ -29,6 +37,10 @@ def test_overrides_and_groups_apply():
         ("rollout.temperature=0", "rollout.temperature"),
         ("algo.mini_batches=0", "algo.mini_batches"),
         ("algo.mini_batches=65", "algo.mini_batches"),
+        ("algo.name=ppo2", "algo.name"),
+        ("algo.loss_agg=sum", "algo.loss_agg"),
+        ("algo.importance_weights=tokens", "algo.importance_weights"),
+        ("algo.is_cap=0.5", "algo.is_cap"),
     ],
 )
 def test_bad_keys_and_values_fail_naming_the_key(override, names):

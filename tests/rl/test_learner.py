@@ -118,10 +118,29 @@ def test_split_mini_batches_covers_every_row_once_in_near_equal_parts():
         split_mini_batches(batch, 8)
 
 
-def test_micro_batching_gives_the_same_update_as_one_big_batch(qwen2_dir):
+def test_decoupled_ppo_clips_against_the_proximal_policy_and_weights_by_the_behaviour_ratio(qwen2_dir):
+    # Behaviour log-probs from a stale policy (here: shifted by a known amount), as after a weight
+    # update during the episode. The first update's ratio to the proximal policy is exactly 1.
+    batch = on_policy_batch(qwen2_dir, [1.0, -1.0, 0.5], [12, 10, 9])
+    batch.old_logprobs = batch.old_logprobs - 0.1 * batch.loss_mask  # behaviour: prox / behav = e^0.1
+    learner = Learner(qwen2_dir, LearnerConfig(lr=1e-2, micro_batch_size=2, importance_weights="token",
+                                               is_cap=1.05))
+    with pytest.raises(ValueError, match="proximal_logprobs"):
+        learner.train_step(batch)
+    batch.proximal_logprobs = learner.proximal_logprobs(batch)
+    first = learner.train_step(batch)
+    assert first["ratio_mean"] == pytest.approx(1.0, abs=1e-6)
+    assert first["approx_kl"] == pytest.approx(0.0, abs=1e-7)
+    assert first["is_weight_mean"] == pytest.approx(1.05, abs=1e-5)  # e^0.1 = 1.105, truncated at the cap
+    second = learner.train_step(batch)  # the same proximal anchor: now off by one update
+    assert second["approx_kl"] > 0 and second["ratio_mean"] != pytest.approx(1.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("loss_agg", ["token-mean", "seq-mean-token-mean"])
+def test_micro_batching_gives_the_same_update_as_one_big_batch(qwen2_dir, loss_agg):
     # adam_eps=1 makes Adam's first steps nearly linear in the gradient, so a wrongly scaled
     # micro-batch would show in the weights (with eps=1e-8 Adam's first step is ~ lr * sign(grad)).
-    cfg = LearnerConfig(lr=0.5, adam_eps=1.0, grad_clip=0.0)
+    cfg = LearnerConfig(lr=0.5, adam_eps=1.0, grad_clip=0.0, loss_agg=loss_agg)
     # Unequal lengths: a per-micro-batch token-mean would weight these rows differently.
     batch = on_policy_batch(qwen2_dir, [1.0, -0.5, 2.0, -1.0, 0.3], [16, 6, 11, 4, 9])
     results = []

@@ -7,7 +7,16 @@ import math
 import pytest
 import torch
 
-from rl.losses import kl_k3, masked_mean, policy_loss, token_entropy, token_logprobs
+from rl.losses import (
+    aggregate_loss,
+    importance_weights,
+    kl_k3,
+    loss_units,
+    masked_mean,
+    policy_loss,
+    token_entropy,
+    token_logprobs,
+)
 
 # Two sequences. Ratios r = exp(logprobs - old_logprobs); the last token of row 1 is masked out
 # (and holds a garbage log-prob that must not leak into anything).
@@ -91,3 +100,49 @@ def test_token_logprobs_is_log_softmax_at_the_token():
 def test_token_entropy_of_uniform_and_peaked_distributions():
     logits = torch.tensor([[[0.0, 0.0, 0.0, 0.0], [100.0, 0.0, 0.0, 0.0]]])
     torch.testing.assert_close(token_entropy(logits), torch.tensor([[math.log(4), 0.0]]))
+
+
+# Per-token losses of two sequences of 3 and 1 policy tokens (the 9s are masked out).
+TOKEN_LOSS = torch.tensor([[1.0, 2.0, 3.0], [4.0, 9.0, 9.0]])
+AGG_MASK = torch.tensor([[1.0, 1.0, 1.0], [1.0, 0.0, 0.0]])
+
+
+@pytest.mark.parametrize("mode, total, units", [
+    ("token-mean", 1 + 2 + 3 + 4, 4),  # mean 2.5: the long sequence weighs 3x
+    ("seq-mean-token-mean", (6 / 3) + (4 / 1), 2),  # mean 3.0: each sequence's own mean, averaged
+    ("seq-mean-token-sum-norm", (6 + 4) / 8, 2),  # norm_length 8: mean 0.625
+])
+def test_loss_aggregations_match_hand_computed_values(mode, total, units):
+    assert aggregate_loss(TOKEN_LOSS, AGG_MASK, mode, norm_length=8).item() == pytest.approx(total)
+    assert loss_units(AGG_MASK, mode).item() == units
+
+
+def test_loss_aggregation_rejects_unknown_modes_and_a_missing_norm_length():
+    with pytest.raises(ValueError, match="unknown loss aggregation"):
+        aggregate_loss(TOKEN_LOSS, AGG_MASK, "seq-sum")
+    with pytest.raises(ValueError, match="norm_length"):
+        aggregate_loss(TOKEN_LOSS, AGG_MASK, "seq-mean-token-sum-norm")
+
+
+def test_importance_weights_are_truncated_ratios_per_token_or_per_sequence():
+    # proximal / behaviour ratios: row 0: 0.5, 3.0, 1.5; row 1: 2.0, (masked)
+    behavior = torch.log(torch.tensor([[0.4, 0.1, 0.2], [0.25, 0.5, 0.5]]))
+    proximal = torch.log(torch.tensor([[0.2, 0.3, 0.3], [0.5, 0.9, 0.5]]))
+    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 0.0, 0.0]])
+    token = importance_weights(proximal, behavior, mask, "token", cap=2.0)
+    torch.testing.assert_close(token, torch.tensor([[0.5, 2.0, 1.5], [2.0, 0.0, 0.0]]))
+    # sequence: row 0: 0.5 * 3 * 1.5 = 2.25 -> capped at 2; row 1: 2.0 (the masked 1.8 ignored)
+    seq = importance_weights(proximal, behavior, mask, "sequence", cap=2.0)
+    torch.testing.assert_close(seq, torch.tensor([[2.0, 2.0, 2.0], [2.0, 0.0, 0.0]]))
+    seq_high = importance_weights(proximal, behavior, mask, "sequence", cap=5.0)
+    torch.testing.assert_close(seq_high[0], torch.full((3,), 2.25))
+
+
+def test_policy_loss_with_importance_weights_and_sequence_mean():
+    # Same clipped per-token terms as the first test: row 0: -1.2, -0.5, -1.1; row 1: 1.6, 3.0.
+    # Weights 2 on row 0, 0.5 on row 1 -> row 0: -2.4, -1.0, -2.2 (mean -5.6/3); row 1: 0.8, 1.5 (mean 1.15)
+    # seq-mean-token-mean: (-5.6/3 + 1.15) / 2
+    logprobs, old = _inputs()
+    weights = torch.tensor([[2.0, 2.0, 2.0], [0.5, 0.5, 0.0]])
+    loss, _ = policy_loss(logprobs, old, ADV, MASK, clip_eps=0.2, is_weights=weights, agg="seq-mean-token-mean")
+    assert loss.item() == pytest.approx((-5.6 / 3 + 1.15) / 2, abs=1e-6)
