@@ -1,6 +1,12 @@
-"""The training loop, top to bottom: roll out groups, score, compute advantages, take a learner
-step, push the new weights into the engine, log, checkpoint. Evaluates the starting (SFT) policy
-before RL and the trained one after, on the same held-out tasks.
+"""The actor-learner loop, top to bottom.
+
+Two sides share one event loop. The rollout side (`generate_groups`) starts a group of episodes
+whenever the buffer admits one and puts it, scored, into the buffer. The learner side
+(`train_async`'s step loop) takes a batch of groups, updates the policy in a thread (so generation
+goes on meanwhile), pushes the new weights into the engine in place (episodes in flight pause and
+continue under the new version) and logs and checkpoints. `train.max_staleness` bounds how many
+versions generation may run ahead (`rl/buffer.py`); 0 is synchronous, on-policy training.
+Evaluates the starting (SFT) policy before RL and the trained one after, on the same held-out tasks.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from transformers import AutoTokenizer
 from curricula.tasks import UniformTaskSampler, heldout_tasks
 from rewards.outcome import outcome_rewards
 from rl.advantages import compute_advantages, varied_groups
+from rl.buffer import GroupBuffer, ScoredGroup
 from rl.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
 from rl.config import TurnRLConfig
 from rl.engines import make_engine
@@ -92,6 +99,64 @@ def _resolve_resume(resume: str) -> Path | None:
     return latest
 
 
+def policy_update(learner: Learner, cfg: TurnRLConfig, trajs: list[Trajectory], group_ids: list[str],
+                  rewards: torch.Tensor, pad_id: int | None, step: int) -> dict[str, float]:
+    """Advantages, then `algo.mini_batches` optimizer steps on the batch; returns train/ metrics."""
+    advantages = compute_advantages(cfg.algo.name, rewards, group_ids)
+    keep = varied_groups(rewards, group_ids)
+    metrics = {"train/informative_group_share": keep.float().mean().item()}
+    if not cfg.algo.drop_uniform_groups:
+        keep = torch.ones_like(keep)
+    if not keep.any():
+        log.info("step %d: every group's rewards are equal; no learner step", step + 1)
+        return metrics | {"train/optimizer_steps": learner.step}
+    batch = make_train_batch([t for t, k in zip(trajs, keep, strict=True) if k], advantages[keep], pad_id)
+    if cfg.algo.importance_weights != "none":
+        batch.proximal_logprobs = learner.proximal_logprobs(batch)
+    shuffle = torch.Generator().manual_seed(cfg.train.seed * 7919 + step)
+    per_update = [learner.train_step(mini_batch) for mini_batch in
+                  split_mini_batches(batch, min(cfg.algo.mini_batches, len(batch)), shuffle)]
+    for key in per_update[0]:
+        metrics[f"train/{key}"] = sum(m[key] for m in per_update) / len(per_update)
+    return metrics | {"train/optimizer_steps": learner.step}
+
+
+async def generate_groups(buffer: GroupBuffer, engine, chat: ChatFormat, sampler: UniformTaskSampler,
+                          sampling: SamplingConfig, limits: EpisodeLimits, group_size: int, executor,
+                          seed: int) -> None:
+    """The rollout side, run as a task beside the learner: start a group whenever the buffer admits
+    one; each group's episodes run concurrently and, scored, go into the buffer. Runs until cancelled."""
+    running: set[asyncio.Task] = set()
+
+    async def one_group(index: int, task) -> None:
+        try:
+            group_sampling = replace(sampling, seed=seed * 1_000_003 + index * 4099)
+            trajs = await run_episodes(engine, chat, [task] * group_size, group_sampling, limits,
+                                       [str(index)] * group_size, executor)
+            await buffer.put(ScoredGroup(index, trajs, outcome_rewards(trajs)))
+        except asyncio.CancelledError:
+            buffer.abandon()
+            raise
+        except Exception as err:
+            buffer.abandon()
+            await buffer.fail(err)
+            raise
+
+    try:
+        while True:
+            index = await buffer.admit()
+            group = asyncio.create_task(one_group(index, sampler.sample(1)[0]), name=f"group-{index}")
+            running.add(group)
+            group.add_done_callback(running.discard)
+    except Exception as err:
+        await buffer.fail(err)
+        raise
+    finally:
+        for group in running:
+            group.cancel()
+        await asyncio.gather(*running, return_exceptions=True)
+
+
 async def train_async(cfg: TurnRLConfig) -> dict:
     out_dir = Path(cfg.train.out_dir)
     ckpt_root = out_dir / "checkpoints"
@@ -112,8 +177,9 @@ async def train_async(cfg: TurnRLConfig) -> dict:
     if start_step > 0:
         await engine.update_weights(learner.state_dict_for_inference(), version=start_step)
 
-    sink = MetricsSink(out_dir, OmegaConf.to_container(OmegaConf.structured(cfg)), cfg.logger.wandb_mode,
-                       cfg.logger.project, cfg.logger.run_name, resume_step=start_step)
+    config_dict = OmegaConf.to_container(OmegaConf.structured(cfg))
+    sink = MetricsSink(out_dir, config_dict, cfg.logger.wandb_mode, cfg.logger.project, cfg.logger.run_name,
+                       resume_step=start_step)
     heldout = heldout_tasks(cfg.env.name, cfg.env.eval_difficulties, cfg.env.eval_tasks_per_difficulty,
                             cfg.env.eval_seed_offset)
     sampler = UniformTaskSampler(cfg.env.name, cfg.env.train_difficulties, cfg.train.seed,
@@ -121,6 +187,9 @@ async def train_async(cfg: TurnRLConfig) -> dict:
     if "sampler" in extra:
         sampler.load_state_dict(extra["sampler"])
     executor = ThreadPoolExecutor(cfg.rollout.tool_threads, thread_name_prefix="env")
+    buffer = GroupBuffer(cfg.algo.tasks_per_step, cfg.train.max_staleness, cfg.train.wait_timeout_s)
+    buffer.version = start_step
+    producer = None
     run_start = time.perf_counter()
     try:
         if "eval_sft" in extra:
@@ -132,73 +201,69 @@ async def train_async(cfg: TurnRLConfig) -> dict:
         sink.log({**sft_eval.metrics("eval/"), "eval/success_sft": sft_eval.success}, step=start_step)
 
         sampling = SamplingConfig(temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p)
-        group_size = cfg.algo.group_size
-        for step in tqdm(range(start_step, cfg.train.steps), desc="train", unit="step",
-                         initial=start_step, total=cfg.train.steps):
+        producer = asyncio.create_task(generate_groups(buffer, engine, chat, sampler, sampling, limits,
+                                                       cfg.algo.group_size, executor, cfg.train.seed))
+        bar = tqdm(range(start_step, cfg.train.steps), desc="train", unit="step", initial=start_step,
+                   total=cfg.train.steps)
+        for step in bar:
             t0 = time.perf_counter()
-            tasks = sampler.sample(cfg.algo.tasks_per_step)
-            episodes = [task for task in tasks for _ in range(group_size)]
-            group_ids = [f"{step}-{i // group_size}" for i in range(len(episodes))]
-            step_sampling = replace(sampling, seed=cfg.train.seed * 1_000_003 + step * 4099)
-            with tqdm(total=len(episodes), desc="rollout", unit="ep", leave=False) as bar:
-                trajs = await run_episodes(engine, chat, episodes, step_sampling, limits, group_ids, executor,
-                                           on_done=bar.update)
-            t_rollout = time.perf_counter() - t0
+            groups = await buffer.take()  # waits for this step's scored groups
+            t_wait = time.perf_counter() - t0
+            trajs = [t for g in groups for t in g.trajectories]
+            group_ids = [str(g.index) for g in groups for _ in g.trajectories]
+            rewards = torch.tensor([r for g in groups for r in g.rewards])
 
-            rewards = torch.tensor(outcome_rewards(trajs))
-            advantages = compute_advantages(cfg.algo.name, rewards, group_ids)
-            keep = varied_groups(rewards, group_ids)
-            informative = keep.float().mean().item()
-            if not cfg.algo.drop_uniform_groups:
-                keep = torch.ones_like(keep)
+            # The learner runs in a thread: the event loop keeps generating meanwhile (max_staleness > 0).
             t1 = time.perf_counter()
-            train_metrics = {}
-            if keep.any():
-                batch = make_train_batch([t for t, k in zip(trajs, keep, strict=True) if k], advantages[keep],
-                                         tokenizer.pad_token_id)
-                if cfg.algo.importance_weights != "none":
-                    batch.proximal_logprobs = learner.proximal_logprobs(batch)
-                shuffle = torch.Generator().manual_seed(cfg.train.seed * 7919 + step)
-                per_update = [learner.train_step(mini_batch) for mini_batch in
-                              split_mini_batches(batch, min(cfg.algo.mini_batches, len(batch)), shuffle)]
-                train_metrics = {k: sum(m[k] for m in per_update) / len(per_update) for k in per_update[0]}
-            else:
-                log.info("step %d: every group's rewards are equal; no learner step", step + 1)
+            train_metrics = await asyncio.to_thread(policy_update, learner, cfg, trajs, group_ids, rewards,
+                                                    tokenizer.pad_token_id, step)
             t_train = time.perf_counter() - t1
-
             t2 = time.perf_counter()
-            await engine.update_weights(learner.state_dict_for_inference(), version=step + 1)
+            state = await asyncio.to_thread(learner.state_dict_for_inference)
+            await engine.update_weights(state, version=step + 1)  # in-flight episodes pause, then go on
             t_sync = time.perf_counter() - t2
 
-            gen_tokens = sum(t.num_generated_tokens for t in trajs)
+            stats = buffer.stats
             metrics = {
                 **rollout_metrics(trajs),
-                **{f"train/{k}": v for k, v in train_metrics.items()},
-                "train/informative_group_share": informative,
-                "train/optimizer_steps": learner.step,
-                "perf/rollout_s": t_rollout,
+                **train_metrics,
+                "rollout/staleness_mean": sum(stats.staleness) / len(stats.staleness),
+                "rollout/staleness_max": max(stats.staleness),
+                "rollout/groups_in_flight": stats.in_flight,
+                "rollout/groups_ready": stats.ready,
+                "rollout/groups_dropped_stale": stats.dropped_stale,
+                "perf/wait_s": t_wait,
                 "perf/train_s": t_train,
                 "perf/weight_sync_s": t_sync,
                 "perf/step_s": time.perf_counter() - t0,
-                "perf/gen_tokens_per_s": gen_tokens / max(t_rollout, 1e-9),
+                "perf/gen_tokens_per_s": sum(t.num_generated_tokens for t in trajs) / (time.perf_counter() - t0),
             }
             if cfg.train.eval_every and (step + 1) % cfg.train.eval_every == 0 and step + 1 < cfg.train.steps:
                 mid_eval, _ = await evaluate(engine, chat, heldout, limits, desc=f"eval step {step + 1}")
                 metrics.update(mid_eval.metrics("eval/"))
             sink.log(metrics, step=step + 1)
-            log.info("step %d: success %.3f reward %.3f loss %.4f sync %.2fs", step + 1,
-                     metrics["rollout/success_rate"], metrics["reward/mean"], train_metrics.get("loss", 0.0), t_sync)
+            bar.set_postfix(success=f"{metrics['rollout/success_rate']:.2f}", stale=max(stats.staleness),
+                            ready=stats.ready)
+            log.info("step %d: success %.3f reward %.3f loss %.4f staleness %d wait %.2fs sync %.2fs", step + 1,
+                     metrics["rollout/success_rate"], metrics["reward/mean"], train_metrics.get("train/loss", 0.0),
+                     max(stats.staleness), t_wait, t_sync)
             if cfg.logger.log_samples_every and (step + 1) % cfg.logger.log_samples_every == 0:
                 sink.log_table("rollout/samples", *sample_table(trajs, tokenizer), step=step + 1)
             if (step + 1) % cfg.train.save_every == 0 or step + 1 == cfg.train.steps:
-                save_checkpoint(ckpt_root, learner, step + 1, config=OmegaConf.to_container(
-                    OmegaConf.structured(cfg)), extra={"sampler": sampler.state_dict(), "eval_sft": asdict(sft_eval)})
+                # Before the next version is admitted, so that (synchronously) no task of the next
+                # step has been drawn yet and a resumed run continues with the same tasks.
+                await asyncio.to_thread(save_checkpoint, ckpt_root, learner, step + 1, config=config_dict,
+                                        extra={"sampler": sampler.state_dict(), "eval_sft": asdict(sft_eval)})
+            await buffer.set_version(step + 1)
+        producer.cancel()
+        await asyncio.gather(producer, return_exceptions=True)
 
         final_eval, final_trajs = await evaluate(engine, chat, heldout, limits, desc="eval (final policy)")
         sink.log({**final_eval.metrics("eval/"), "eval/success_final": final_eval.success}, step=cfg.train.steps)
         sink.log_table("eval/samples", *sample_table(final_trajs, tokenizer), step=cfg.train.steps)
         learner.save_pretrained(out_dir / "final_model")
         tokenizer.save_pretrained(out_dir / "final_model")
+        stats = buffer.stats
         summary = {
             "eval/success_sft": sft_eval.success,
             "eval/success_final": final_eval.success,
@@ -207,6 +272,11 @@ async def train_async(cfg: TurnRLConfig) -> dict:
             "eval/success_final_by_difficulty": final_eval.success_by_difficulty,
             "eval/num_tasks": final_eval.num_tasks,
             "train/steps": cfg.train.steps,
+            "train/max_staleness": cfg.train.max_staleness,
+            # Every group started is trained, dropped as stale, or abandoned when the run ended.
+            "rollout/groups": {"started": stats.started, "trained": stats.trained,
+                               "dropped_stale": stats.dropped_stale, "abandoned": stats.abandoned,
+                               "ready_at_end": stats.ready},
             "perf/wall_s": time.perf_counter() - run_start,
             "perf/mean_weight_sync_s": _mean(sink.history, "perf/weight_sync_s"),
             "final_model": str(out_dir / "final_model"),
@@ -216,6 +286,9 @@ async def train_async(cfg: TurnRLConfig) -> dict:
         sink.set_summary({k: v for k, v in summary.items() if isinstance(v, int | float)})
         return summary
     finally:
+        if producer is not None and not producer.done():
+            producer.cancel()
+            await asyncio.gather(producer, return_exceptions=True)
         executor.shutdown(wait=False, cancel_futures=True)
         sink.close()
         await engine.shutdown()

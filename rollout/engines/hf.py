@@ -108,10 +108,12 @@ class HFEngine:
                     raise
                 except Exception as err:  # handed to the callers, who see it raised
                     for r in batch:
-                        r.future.set_exception(err)
+                        if not r.future.done():
+                            r.future.set_exception(err)
                 else:
                     for r in batch:
-                        r.future.set_result(None)
+                        if not r.future.done():  # a caller cancelled while its row was decoding
+                            r.future.set_result(None)
         finally:
             self._worker = None
 

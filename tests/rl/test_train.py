@@ -19,3 +19,21 @@ def test_rloo_with_sequence_tis_and_mini_batches_runs_and_logs_its_metrics(tiny_
     # The proximal policy is the learner's own: behaviour log-probs from the HF engine with the same
     # weights make the truncated sequence weights ~1 (float noise only).
     assert all(abs(r["train/is_weight_mean"] - 1.0) < 1e-2 for r in steps)
+
+
+def test_asynchronous_run_keeps_staleness_bounded_and_accounts_for_every_group(tiny_model_dir, tmp_path):
+    cfg = load_config(["+experiment=smoke", "rollout=hf", f"model.path={tiny_model_dir}", "train.steps=4",
+                       "train.max_staleness=2", "algo.importance_weights=token", "rollout.max_tokens_per_turn=16",
+                       "env.eval_tasks_per_difficulty=1", f"train.out_dir={tmp_path}/run"])
+    summary = train(cfg)
+    groups = summary["rollout/groups"]
+    assert groups["trained"] == 4 * cfg.algo.tasks_per_step
+    assert groups["started"] == groups["trained"] + groups["dropped_stale"] + groups["abandoned"] + groups[
+        "ready_at_end"]
+    # Generation ran ahead of the learner: more groups were started than trained.
+    assert groups["started"] > groups["trained"]
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in rows if "train/loss" in r]
+    assert len(steps) == 4 and all(r["rollout/staleness_max"] <= 2 for r in steps)
+    # Decoupled PPO: the first update's ratio is to the proximal policy, exactly 1 whatever the lag.
+    assert all(abs(r["train/ratio_mean"] - 1.0) < 1e-6 for r in steps)
