@@ -97,6 +97,51 @@ def reinforce_pp_advantages(rewards: torch.Tensor, group_ids: Sequence[Hashable]
     return centered / (centered.std() + eps)
 
 
+def gae_advantages(token_rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0,
+                   lam: float = 0.95) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalized advantage estimation over the policy tokens of each sequence (PPO with a critic).
+
+    token_rewards, values, mask: [B, T]. Only positions with mask 1 are steps of the MDP; prompt and
+    observation tokens between turns are skipped (the environment's part of a transition), so a
+    turn's last token bootstraps from the value of the next turn's first token. The step after a
+    sequence's last policy token is terminal (value 0). Outcome rewards sit on the last policy token.
+    Returns (advantages [B, T], returns [B, T] = advantages + values), 0 off the mask.
+    """
+    m = mask.to(torch.bool)
+    advantages = torch.zeros_like(values, dtype=torch.float32)
+    next_value = torch.zeros(values.shape[0], dtype=torch.float32, device=values.device)
+    next_gae = torch.zeros_like(next_value)
+    for t in reversed(range(values.shape[1])):
+        here = m[:, t]
+        delta = token_rewards[:, t] + gamma * next_value - values[:, t]
+        gae = delta + gamma * lam * next_gae
+        advantages[:, t] = torch.where(here, gae, torch.zeros_like(gae))
+        next_gae = torch.where(here, gae, next_gae)
+        next_value = torch.where(here, values[:, t].float(), next_value)
+    returns = torch.where(m, advantages + values, torch.zeros_like(advantages))
+    return advantages, returns
+
+
+def outcome_token_rewards(rewards: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """[B] outcome rewards placed on each sequence's last policy token -> [B, T] (0 elsewhere)."""
+    positions = torch.arange(mask.shape[1], device=mask.device).expand_as(mask)
+    last = torch.where(mask.to(torch.bool), positions, torch.full_like(positions, -1)).max(-1).values
+    out = torch.zeros(mask.shape, dtype=torch.float32, device=mask.device)
+    has_tokens = last >= 0
+    out[has_tokens.nonzero().squeeze(-1), last[has_tokens]] = torch.as_tensor(rewards, dtype=torch.float32)[has_tokens]
+    return out
+
+
+def whiten(values: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """Zero mean, unit variance over the masked positions (PPO's advantage normalisation); 0 elsewhere."""
+    m = mask.to(torch.bool)
+    picked = values[m]
+    if picked.numel() < 2:
+        return torch.zeros_like(values)
+    return torch.where(m, (values - picked.mean()) / (picked.std() + eps), torch.zeros_like(values))
+
+
+# Estimators from outcome rewards and groups alone; "ppo" (GAE over a critic's values) is the other choice.
 ADVANTAGE_ESTIMATORS = ("grpo", "dr_grpo", "rloo", "reinforce_pp")
 
 

@@ -69,6 +69,7 @@ class RolloutConfig:
 @dataclass
 class AlgoConfig:
     # The advantage estimator: grpo | dr_grpo (no division by the group std) | rloo | reinforce_pp
+    # | ppo (GAE over a learned critic)
     name: str = "grpo"
     group_size: int = 8  # episodes per task (the GRPO group)
     tasks_per_step: int = 8
@@ -95,6 +96,11 @@ class AlgoConfig:
     drop_uniform_groups: bool = False
     micro_batch_size: int = 16
     zero_stage: int = 2
+    # PPO's critic (algo.name=ppo): a value model initialised from the policy's transformer.
+    gamma: float = 1.0
+    lam: float = 0.95
+    critic_lr: float = 1e-4
+    value_clip: float = 0.2
 
 
 @dataclass
@@ -190,14 +196,14 @@ def validate(cfg: TurnRLConfig) -> None:
     from rl.advantages import ADVANTAGE_ESTIMATORS
     from rl.losses import IMPORTANCE_WEIGHT_LEVELS, LOSS_AGGREGATIONS
 
-    for name, value, allowed in [("algo.name", cfg.algo.name, ADVANTAGE_ESTIMATORS),
+    for name, value, allowed in [("algo.name", cfg.algo.name, (*ADVANTAGE_ESTIMATORS, "ppo")),
                                  ("algo.loss_agg", cfg.algo.loss_agg, LOSS_AGGREGATIONS),
                                  ("algo.importance_weights", cfg.algo.importance_weights, IMPORTANCE_WEIGHT_LEVELS)]:
         if value not in allowed:
             raise ConfigError(f"{name}={value!r} must be one of {allowed}")
     if cfg.algo.is_cap < 1:
         raise ConfigError(f"algo.is_cap={cfg.algo.is_cap} must be >= 1 (it truncates importance weights from above)")
-    if cfg.algo.group_size < 2:
+    if cfg.algo.group_size < 2 and cfg.algo.name != "ppo":
         raise ConfigError(f"algo.group_size={cfg.algo.group_size} must be >= 2 for group-normalised advantages")
     if cfg.rollout.temperature <= 0:
         raise ConfigError(f"rollout.temperature={cfg.rollout.temperature} must be > 0: greedy rollouts give "

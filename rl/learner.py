@@ -72,7 +72,8 @@ class TrainBatch:
     input_ids: [N, T] long; attention_mask: [N, T] (1 on real tokens); loss_mask: [N, T] (1 on
     policy tokens; the loss for token t uses the logits at t-1, so loss_mask[:, 0] is ignored);
     old_logprobs: [N, T] behaviour log-probs (the engine's) of the tokens at the same positions;
-    advantages: [N]; proximal_logprobs: optional [N, T] log-probs under the learner's weights before
+    advantages: [N] (one per sequence) or [N, T] (per token, from GAE); proximal_logprobs: optional
+    [N, T] log-probs under the learner's weights before
     this batch's first update (`Learner.proximal_logprobs`), the clip anchor of decoupled PPO.
     """
 
@@ -89,9 +90,9 @@ class TrainBatch:
             if getattr(self, name) is not None and tuple(getattr(self, name).shape) != shape:
                 raise ValueError(f"TrainBatch.{name} has shape {tuple(getattr(self, name).shape)}, "
                                  f"input_ids has {shape}")
-        if tuple(self.advantages.shape) != shape[:1]:
+        if tuple(self.advantages.shape) not in (shape[:1], shape):
             raise ValueError(f"TrainBatch.advantages has shape {tuple(self.advantages.shape)}, "
-                             f"expected ({shape[0]},)")
+                             f"expected ({shape[0]},) or {shape}")
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
@@ -102,7 +103,8 @@ class TrainBatch:
         prox = None if self.proximal_logprobs is None else self.proximal_logprobs[index, :length]
         return TrainBatch(self.input_ids[index, :length], self.attention_mask[index, :length],
                           self.loss_mask[index, :length], self.old_logprobs[index, :length],
-                          self.advantages[index], prox)
+                          self.advantages[index] if self.advantages.dim() == 1 else self.advantages[index, :length],
+                          prox)
 
     def to(self, device: torch.device) -> TrainBatch:
         return TrainBatch(*(None if t is None else t.to(device) for t in (
@@ -308,7 +310,8 @@ class Learner:
             if off_policy:
                 anchor = mb.proximal_logprobs[:, 1:]
                 weights = importance_weights(anchor, behavior, mask, cfg.importance_weights, cfg.is_cap)
-            pg_loss, pg_metrics = policy_loss(logprobs, anchor, mb.advantages, mask, cfg.clip_eps,
+            advantages = mb.advantages if mb.advantages.dim() == 1 else mb.advantages[:, 1:]
+            pg_loss, pg_metrics = policy_loss(logprobs, anchor, advantages, mask, cfg.clip_eps,
                                               cfg.clip_eps_high, weights, cfg.loss_agg, norm_length)
             loss = pg_loss
             kl_ref = torch.zeros(())

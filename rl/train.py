@@ -26,10 +26,11 @@ from transformers import AutoTokenizer
 
 from curricula.tasks import UniformTaskSampler, heldout_tasks
 from rewards.outcome import outcome_rewards
-from rl.advantages import compute_advantages, varied_groups
+from rl.advantages import compute_advantages, gae_advantages, outcome_token_rewards, varied_groups, whiten
 from rl.buffer import GroupBuffer, ScoredGroup
 from rl.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
 from rl.config import TurnRLConfig
+from rl.critic import Critic, CriticConfig
 from rl.engines import make_engine
 from rl.evaluate import EvalResult, evaluate
 from rl.learner import Learner, LearnerConfig, make_train_batch, split_mini_batches
@@ -99,18 +100,27 @@ def _resolve_resume(resume: str) -> Path | None:
     return latest
 
 
-def policy_update(learner: Learner, cfg: TurnRLConfig, trajs: list[Trajectory], group_ids: list[str],
-                  rewards: torch.Tensor, pad_id: int | None, step: int) -> dict[str, float]:
-    """Advantages, then `algo.mini_batches` optimizer steps on the batch; returns train/ metrics."""
-    advantages = compute_advantages(cfg.algo.name, rewards, group_ids)
+def policy_update(learner: Learner, critic: Critic | None, cfg: TurnRLConfig, trajs: list[Trajectory],
+                  group_ids: list[str], rewards: torch.Tensor, pad_id: int | None, step: int) -> dict[str, float]:
+    """Advantages, then `algo.mini_batches` optimizer steps on the batch (and, for PPO, one critic
+    step on it); returns train/ metrics."""
     keep = varied_groups(rewards, group_ids)
     metrics = {"train/informative_group_share": keep.float().mean().item()}
-    if not cfg.algo.drop_uniform_groups:
-        keep = torch.ones_like(keep)
-    if not keep.any():
-        log.info("step %d: every group's rewards are equal; no learner step", step + 1)
-        return metrics | {"train/optimizer_steps": learner.step}
-    batch = make_train_batch([t for t, k in zip(trajs, keep, strict=True) if k], advantages[keep], pad_id)
+    if critic is not None:  # PPO: per-token GAE advantages over the critic's values
+        batch = make_train_batch(trajs, torch.zeros(len(trajs)), pad_id)
+        values = critic.values(batch)
+        token_rewards = outcome_token_rewards(rewards, batch.loss_mask)
+        advantages, returns = gae_advantages(token_rewards, values, batch.loss_mask, cfg.algo.gamma, cfg.algo.lam)
+        batch.advantages = whiten(advantages, batch.loss_mask)
+        metrics |= {f"train/{k}": v for k, v in critic.train_step(batch, returns, values).items()}
+    else:
+        advantages = compute_advantages(cfg.algo.name, rewards, group_ids)
+        if not cfg.algo.drop_uniform_groups:
+            keep = torch.ones_like(keep)
+        if not keep.any():
+            log.info("step %d: every group's rewards are equal; no learner step", step + 1)
+            return metrics | {"train/optimizer_steps": learner.step}
+        batch = make_train_batch([t for t, k in zip(trajs, keep, strict=True) if k], advantages[keep], pad_id)
     if cfg.algo.importance_weights != "none":
         batch.proximal_logprobs = learner.proximal_logprobs(batch)
     shuffle = torch.Generator().manual_seed(cfg.train.seed * 7919 + step)
@@ -164,6 +174,12 @@ async def train_async(cfg: TurnRLConfig) -> dict:
     torch.manual_seed(cfg.train.seed)
 
     learner = Learner(cfg.model.path, learner_config(cfg))
+    critic = None
+    if cfg.algo.name == "ppo":
+        critic = Critic(cfg.model.path, CriticConfig(lr=cfg.algo.critic_lr, value_clip=cfg.algo.value_clip,
+                                                     micro_batch_size=cfg.algo.micro_batch_size,
+                                                     grad_clip=cfg.algo.grad_clip, zero_stage=cfg.algo.zero_stage,
+                                                     seed=cfg.train.seed))
     start_step, extra = 0, {}
     if resume_dir is not None:
         start_step, extra = load_checkpoint(resume_dir, learner)
@@ -215,7 +231,7 @@ async def train_async(cfg: TurnRLConfig) -> dict:
 
             # The learner runs in a thread: the event loop keeps generating meanwhile (max_staleness > 0).
             t1 = time.perf_counter()
-            train_metrics = await asyncio.to_thread(policy_update, learner, cfg, trajs, group_ids, rewards,
+            train_metrics = await asyncio.to_thread(policy_update, learner, critic, cfg, trajs, group_ids, rewards,
                                                     tokenizer.pad_token_id, step)
             t_train = time.perf_counter() - t1
             t2 = time.perf_counter()

@@ -9,6 +9,7 @@ import torch
 
 from rl.advantages import (
     compute_advantages,
+    gae_advantages,
     grpo_advantages,
     reinforce_pp_advantages,
     rloo_advantages,
@@ -89,3 +90,33 @@ def test_compute_advantages_dispatches_by_name():
     torch.testing.assert_close(compute_advantages("rloo", rewards, groups), rloo_advantages(rewards, groups))
     with pytest.raises(ValueError, match="unknown advantage estimator 'ppo'"):
         compute_advantages("ppo", rewards, groups)
+
+
+def test_gae_skips_non_policy_tokens_and_bootstraps_across_turns():
+    # One sequence: [prompt, a1, a2, obs, a3]; policy tokens at 1, 2, 4; outcome reward 1 on token 4.
+    # Values v1=0.5, v2=0.6, v4=0.8. gamma=1, lambda=0.5:
+    #   t4 (terminal next): delta = 1 - 0.8 = 0.2;               A4 = 0.2
+    #   t2 (next policy t4): delta = 0 + 0.8 - 0.6 = 0.2;        A2 = 0.2 + 0.5 * 0.2 = 0.3
+    #   t1: delta = 0 + 0.6 - 0.5 = 0.1;                         A1 = 0.1 + 0.5 * 0.3 = 0.25
+    values = torch.tensor([[9.0, 0.5, 0.6, 9.0, 0.8]])
+    rewards = torch.tensor([[0.0, 0.0, 0.0, 0.0, 1.0]])
+    mask = torch.tensor([[0.0, 1.0, 1.0, 0.0, 1.0]])
+    adv, ret = gae_advantages(rewards, values, mask, gamma=1.0, lam=0.5)
+    torch.testing.assert_close(adv, torch.tensor([[0.0, 0.25, 0.3, 0.0, 0.2]]))
+    torch.testing.assert_close(ret, torch.tensor([[0.0, 0.75, 0.9, 0.0, 1.0]]))
+    # lambda = 1 and gamma = 1: every advantage is the return (the outcome) minus the value.
+    adv1, _ = gae_advantages(rewards, values, mask, gamma=1.0, lam=1.0)
+    torch.testing.assert_close(adv1, torch.tensor([[0.0, 0.5, 0.4, 0.0, 0.2]]))
+
+
+def test_outcome_rewards_go_on_the_last_policy_token_and_whiten_uses_the_mask_only():
+    from rl.advantages import outcome_token_rewards, whiten
+
+    mask = torch.tensor([[0.0, 1.0, 1.0, 0.0, 1.0, 0.0], [0.0, 1.0, 0.0, 0.0, 0.0, 0.0], [0.0] * 6])
+    placed = outcome_token_rewards(torch.tensor([1.0, -2.0, 5.0]), mask)
+    expected = torch.zeros(3, 6)
+    expected[0, 4], expected[1, 1] = 1.0, -2.0  # the third has no policy token: its reward goes nowhere
+    torch.testing.assert_close(placed, expected)
+    x = torch.tensor([[9.0, 1.0, 3.0, 9.0, 5.0, 9.0]])
+    w = whiten(x, mask[:1])
+    torch.testing.assert_close(w, torch.tensor([[0.0, -1.0, 0.0, 0.0, 1.0, 0.0]]))

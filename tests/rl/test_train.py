@@ -37,3 +37,13 @@ def test_asynchronous_run_keeps_staleness_bounded_and_accounts_for_every_group(t
     assert len(steps) == 4 and all(r["rollout/staleness_max"] <= 2 for r in steps)
     # Decoupled PPO: the first update's ratio is to the proximal policy, exactly 1 whatever the lag.
     assert all(abs(r["train/ratio_mean"] - 1.0) < 1e-6 for r in steps)
+
+
+def test_ppo_with_a_critic_trains_policy_and_value_model(tiny_model_dir, tmp_path):
+    cfg = load_config(["+experiment=smoke", "rollout=hf", f"model.path={tiny_model_dir}", "algo=ppo",
+                       "algo.tasks_per_step=4", "rollout.max_tokens_per_turn=16", "env.eval_tasks_per_difficulty=1",
+                       f"train.out_dir={tmp_path}/run"])
+    train(cfg)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in rows if "train/loss" in r]
+    assert len(steps) == 2 and all("train/value_loss" in r and "train/value_mean" in r for r in steps)
