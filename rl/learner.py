@@ -283,6 +283,10 @@ class Learner:
         self.engine.train()
         rows = self._shard(len(batch))
         local = [r for r in rows if r is not None]
+        # Micro-batches of similar lengths pad less (each is cut to its longest row); the loss is
+        # aggregated over the whole batch, so the grouping does not change the update.
+        lengths = batch.attention_mask.sum(1)
+        rows = sorted(local, key=lambda r: -int(lengths[r])) + rows[len(local):]
         mask_rows = batch.loss_mask[local, 1:] if local else torch.zeros(0, 1)
         local_counts = torch.tensor([float(mask_rows.sum()), float(loss_units(mask_rows, cfg.loss_agg))],
                                     dtype=torch.float64)
