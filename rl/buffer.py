@@ -10,6 +10,10 @@ was sampled at version u is v - u stale. Two mechanisms keep it at most `max_sta
   synchronous, on-policy loop.
 - a check at take time: a group that finished late (a long episode overtaken by newer ones) and
   is now too stale is dropped, counted, and its admission slot returned so a fresh one replaces it.
+
+With `filter_uniform`, a group whose rewards are all equal (no group-relative signal) is filtered
+out the same way and replaced by a fresh one (DAPO's dynamic sampling with refill), up to
+`max_refills` per step so that a policy that fails everything still trains.
 """
 
 from __future__ import annotations
@@ -40,12 +44,14 @@ class BufferStats:
     ready: int = 0  # scored, waiting for the learner
     trained: int = 0
     dropped_stale: int = 0
+    filtered_uniform: int = 0  # groups with all-equal rewards, replaced by fresh ones
     abandoned: int = 0  # started but never finished (cancelled at the end of a run, or failed)
     staleness: list[int] = field(default_factory=list)  # of the groups of the last batch taken
 
     @property
     def in_flight(self) -> int:
-        return self.started - self.ready - self.trained - self.dropped_stale - self.abandoned
+        return (self.started - self.ready - self.trained - self.dropped_stale - self.filtered_uniform
+                - self.abandoned)
 
 
 class BufferFailed(RuntimeError):
@@ -55,12 +61,16 @@ class BufferFailed(RuntimeError):
 class GroupBuffer:
     """Scored groups waiting for the learner, with staleness-bounded admission (see module doc)."""
 
-    def __init__(self, groups_per_step: int, max_staleness: int, timeout_s: float) -> None:
+    def __init__(self, groups_per_step: int, max_staleness: int, timeout_s: float, filter_uniform: bool = False,
+                 max_refills: int = 0) -> None:
         if groups_per_step < 1 or max_staleness < 0:
             raise ValueError(f"groups_per_step={groups_per_step} must be >= 1, max_staleness={max_staleness} >= 0")
         self.groups_per_step = groups_per_step
         self.max_staleness = max_staleness
         self.timeout_s = timeout_s
+        self.filter_uniform = filter_uniform
+        self.max_refills = max_refills
+        self._refills = 0  # groups filtered since the last take
         self.version = 0
         self.stats = BufferStats()
         self._ready: list[ScoredGroup] = []
@@ -69,7 +79,8 @@ class GroupBuffer:
 
     def _admissible(self) -> bool:
         # Dropped and abandoned groups give their slot back: a fresh group replaces each.
-        live = self.stats.started - self.stats.dropped_stale - self.stats.abandoned
+        s = self.stats
+        live = s.started - s.dropped_stale - s.filtered_uniform - s.abandoned
         return live < (self.version + self.max_staleness + 1) * self.groups_per_step
 
     async def admit(self) -> int:
@@ -82,8 +93,13 @@ class GroupBuffer:
 
     async def put(self, group: ScoredGroup) -> None:
         async with self._cond:
-            self._ready.append(group)
-            self.stats.ready += 1
+            uniform = len(set(group.rewards)) <= 1
+            if self.filter_uniform and uniform and self._refills < self.max_refills:
+                self._refills += 1
+                self.stats.filtered_uniform += 1  # frees its admission slot: a fresh group replaces it
+            else:
+                self._ready.append(group)
+                self.stats.ready += 1
             self._cond.notify_all()
 
     def abandon(self) -> None:
@@ -113,6 +129,7 @@ class GroupBuffer:
             self.stats.ready -= len(batch)
             self.stats.trained += len(batch)
             self.stats.staleness = [self.version - g.oldest_version for g in batch]
+            self._refills = 0
             return batch
 
     async def set_version(self, version: int) -> None:

@@ -91,9 +91,13 @@ class AlgoConfig:
     # Optimizer steps per rollout batch: the batch is shuffled and cut into this many mini-batches,
     # each one step (as PPO's mini-batches; steps after the first are off-policy and clipped).
     mini_batches: int = 1
-    # Drop groups whose rewards are all equal before the learner step (DAPO's dynamic sampling,
-    # without refill): they have zero advantage and would only dilute the token-mean loss.
+    # Groups whose rewards are all equal have zero advantage and only dilute the loss. With
+    # drop_uniform_groups they are left out of the learner step; with refill_uniform_groups they are
+    # also replaced by freshly generated groups, up to max_refill_factor x tasks_per_step per step
+    # (DAPO's dynamic sampling).
     drop_uniform_groups: bool = False
+    refill_uniform_groups: bool = False
+    max_refill_factor: int = 2
     micro_batch_size: int = 16
     zero_stage: int = 2
     # PPO's critic (algo.name=ppo): a value model initialised from the policy's transformer.
@@ -212,6 +216,10 @@ def validate(cfg: TurnRLConfig) -> None:
                         ("rollout.max_turns", cfg.rollout.max_turns), ("algo.mini_batches", cfg.algo.mini_batches)]:
         if value < 1:
             raise ConfigError(f"{name}={value} must be >= 1")
+    if cfg.algo.refill_uniform_groups and not cfg.algo.drop_uniform_groups:
+        raise ConfigError("algo.refill_uniform_groups=true needs algo.drop_uniform_groups=true")
+    if cfg.algo.max_refill_factor < 0:
+        raise ConfigError(f"algo.max_refill_factor={cfg.algo.max_refill_factor} must be >= 0")
     if cfg.train.max_staleness < 0:
         raise ConfigError(f"train.max_staleness={cfg.train.max_staleness} must be >= 0")
     if cfg.train.wait_timeout_s <= 0:

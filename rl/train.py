@@ -203,7 +203,9 @@ async def train_async(cfg: TurnRLConfig) -> dict:
     if "sampler" in extra:
         sampler.load_state_dict(extra["sampler"])
     executor = ThreadPoolExecutor(cfg.rollout.tool_threads, thread_name_prefix="env")
-    buffer = GroupBuffer(cfg.algo.tasks_per_step, cfg.train.max_staleness, cfg.train.wait_timeout_s)
+    buffer = GroupBuffer(cfg.algo.tasks_per_step, cfg.train.max_staleness, cfg.train.wait_timeout_s,
+                         filter_uniform=cfg.algo.refill_uniform_groups,
+                         max_refills=cfg.algo.max_refill_factor * cfg.algo.tasks_per_step)
     buffer.version = start_step
     producer = None
     run_start = time.perf_counter()
@@ -248,6 +250,7 @@ async def train_async(cfg: TurnRLConfig) -> dict:
                 "rollout/groups_in_flight": stats.in_flight,
                 "rollout/groups_ready": stats.ready,
                 "rollout/groups_dropped_stale": stats.dropped_stale,
+                "rollout/groups_filtered_uniform": stats.filtered_uniform,
                 "perf/wait_s": t_wait,
                 "perf/train_s": t_train,
                 "perf/weight_sync_s": t_sync,
@@ -289,9 +292,11 @@ async def train_async(cfg: TurnRLConfig) -> dict:
             "eval/num_tasks": final_eval.num_tasks,
             "train/steps": cfg.train.steps,
             "train/max_staleness": cfg.train.max_staleness,
-            # Every group started is trained, dropped as stale, or abandoned when the run ended.
+            # Every group started is trained, dropped as stale, filtered as uniform, abandoned when the
+            # run ended, or left ready.
             "rollout/groups": {"started": stats.started, "trained": stats.trained,
-                               "dropped_stale": stats.dropped_stale, "abandoned": stats.abandoned,
+                               "dropped_stale": stats.dropped_stale, "filtered_uniform": stats.filtered_uniform,
+                               "abandoned": stats.abandoned,
                                "ready_at_end": stats.ready},
             "perf/wall_s": time.perf_counter() - run_start,
             "perf/mean_weight_sync_s": _mean(sink.history, "perf/weight_sync_s"),

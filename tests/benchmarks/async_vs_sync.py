@@ -1,15 +1,15 @@
 """Asynchronous against synchronous training, and per-episode against turn-batched rollout.
 
-    python tests/benchmarks/async_vs_sync.py [--steps 20] [--staleness 0 2 4] [--latency-ms 200]
+    python tests/benchmarks/async_vs_sync.py [--steps 20] [--staleness 0 2 4] [OVERRIDE ...]
 
-Every tool call sleeps for a log-normal time (mean --latency-ms, sigma 1: a long tail), so
-episodes take very different times, as agentic rollouts with real tools do. Part 1 trains the same
-config for the same number of samples (steps x tasks x group) at each `train.max_staleness`, one
-after another in this process, and reports the wall-clock of the RL steps and the final held-out
-success (with its binomial standard error). Part 2 runs the same episodes with one coroutine per
-episode (turnrl's agent loop) and turn-batched (all episodes advance one turn together, the
-slowest tool call of a turn holding back every episode). Numbers go to
-tests/benchmarks/results/async_vs_sync.json.
+Every tool call sleeps for a log-normal time (mean $TURNRL_BENCH_LATENCY_MS, default 200 ms;
+sigma 1: a long tail), so episodes take very different times, as agentic rollouts with real tools
+do. Part 1 trains the same config (decoupled PPO) for the same number of samples (steps x tasks x
+group) at each `train.max_staleness`, one after another in this process, and reports the
+wall-clock of the RL steps and the final held-out success (with its binomial standard error).
+Part 2 runs the same episodes with one coroutine per episode (turnrl's agent loop) and
+turn-batched (all episodes advance one turn together, the slowest tool call of a turn holding back
+every episode). Numbers go to tests/benchmarks/results/async_vs_sync.json.
 """
 
 from __future__ import annotations
@@ -66,7 +66,9 @@ def train_run(model: str, staleness: int, steps: int, out_dir: Path, extra: list
 
     cfg = load_config([f"model.path={model}", "env.name=kbsearch-slow-tools", f"train.steps={steps}",
                        f"train.max_staleness={staleness}", f"train.out_dir={out_dir}", "logger.wandb_mode=disabled",
-                       "rollout.tool_threads=256", f"train.save_every={steps}", *extra])
+                       "rollout.tool_threads=256", f"train.save_every={steps}",
+                       # Decoupled PPO in every run (at staleness 0 it equals on-policy GRPO).
+                       "algo.importance_weights=token", *extra])
     summary = train(cfg)
     rows = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
     step_rows = [r for r in rows if "perf/step_s" in r]
@@ -133,6 +135,9 @@ async def rollout_modes(model: str, episodes: int) -> list[dict]:
     executor = ThreadPoolExecutor(256)
     results = []
     try:
+        # Warm-up (first requests compile and allocate), so that neither mode pays for it.
+        await asyncio.gather(*(run_episode(engine, chat, t, SamplingConfig(seed=i), episode_limits(cfg),
+                                           executor=executor) for i, t in enumerate(tasks[:4])))
         for mode in ("per-episode", "turn-batched"):
             barrier = TurnBarrier(engine, len(tasks)) if mode == "turn-batched" else None
 

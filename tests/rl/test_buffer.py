@@ -9,11 +9,11 @@ from rl.buffer import BufferFailed, GroupBuffer, ScoredGroup
 from rollout.types import FinishReason, Trajectory
 
 
-def group(index: int, versions: list[int]) -> ScoredGroup:
+def group(index: int, versions: list[int], rewards: list[float] | None = None) -> ScoredGroup:
     traj = Trajectory(task_id="t", group_id=str(index), token_ids=[1] * (len(versions) + 1),
                       loss_mask=[0] + [1] * len(versions), logprobs=[0.0] * (len(versions) + 1),
                       versions=[-1] + versions, prompt_length=1, turns=[], finish_reason=FinishReason.DONE)
-    return ScoredGroup(index, [traj], [0.0])
+    return ScoredGroup(index, [traj], rewards or [0.0])
 
 
 def test_oldest_version_ignores_context_tokens():
@@ -73,7 +73,7 @@ def test_every_trained_group_is_within_the_staleness_bound_and_every_group_is_ac
         assert [g.index for g in batch] == sorted(g.index for g in batch)
     s = buffer.stats
     assert s.trained == 100
-    assert s.started == s.trained + s.dropped_stale + s.ready + s.abandoned  # nothing lost uncounted
+    assert s.started == s.trained + s.dropped_stale + s.ready + s.abandoned + s.filtered_uniform  # none lost
     assert s.in_flight == 0
     if max_staleness == 0:
         assert s.dropped_stale == 0 and s.started == 100  # synchronous: exactly one step's groups per version
@@ -119,5 +119,25 @@ def test_waits_have_deadlines_that_name_what_they_waited_for_and_failures_propag
         await buffer.fail(RuntimeError("engine died"))
         with pytest.raises(BufferFailed, match="engine died"):
             await waiter
+
+    asyncio.run(run())
+
+
+def test_uniform_groups_are_filtered_and_replaced_up_to_the_refill_cap():
+    async def run():
+        buffer = GroupBuffer(groups_per_step=2, max_staleness=0, timeout_s=0.2, filter_uniform=True, max_refills=2)
+        for _ in range(2):
+            await buffer.admit()
+        await buffer.put(group(0, [0, 0], rewards=[1.0, 1.0]))  # uniform: filtered, slot returned
+        assert buffer.stats.filtered_uniform == 1 and buffer.stats.ready == 0
+        assert await buffer.admit() == 2  # the refill, still at version 0 (on-policy)
+        await buffer.put(group(1, [0], rewards=[0.0, 1.0]))
+        await buffer.put(group(2, [0], rewards=[0.0, 0.0]))  # second refill
+        assert await buffer.admit() == 3
+        await buffer.put(group(3, [0], rewards=[0.0, 0.0]))  # cap reached: accepted as it is
+        assert [g.index for g in await buffer.take()] == [1, 3]
+        assert buffer.stats.filtered_uniform == 2
+        s = buffer.stats
+        assert s.started == s.trained + s.filtered_uniform
 
     asyncio.run(run())

@@ -41,6 +41,8 @@ def test_algo_groups_select_estimator_and_loss_aggregation(group, name, loss_agg
         ("algo.loss_agg=sum", "algo.loss_agg"),
         ("algo.importance_weights=tokens", "algo.importance_weights"),
         ("algo.is_cap=0.5", "algo.is_cap"),
+        ("algo.refill_uniform_groups=true", "algo.refill_uniform_groups"),
+        ("train.max_staleness=-1", "train.max_staleness"),
     ],
 )
 def test_bad_keys_and_values_fail_naming_the_key(override, names):

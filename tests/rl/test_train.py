@@ -47,3 +47,16 @@ def test_ppo_with_a_critic_trains_policy_and_value_model(tiny_model_dir, tmp_pat
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in rows if "train/loss" in r]
     assert len(steps) == 2 and all("train/value_loss" in r and "train/value_mean" in r for r in steps)
+
+
+def test_uniform_groups_are_refilled_up_to_the_cap_and_accounted_for(tiny_model_dir, tmp_path):
+    # A random policy fails every task: every group is uniform, so each step filters (and replaces)
+    # max_refill_factor x tasks_per_step groups, then trains on what comes next.
+    cfg = load_config(["+experiment=smoke", "rollout=hf", f"model.path={tiny_model_dir}",
+                       "algo.drop_uniform_groups=true", "algo.refill_uniform_groups=true", "algo.max_refill_factor=1",
+                       "rollout.max_tokens_per_turn=16", "env.eval_tasks_per_difficulty=1",
+                       f"train.out_dir={tmp_path}/run"])
+    groups = train(cfg)["rollout/groups"]
+    assert groups["filtered_uniform"] == 2 * cfg.algo.tasks_per_step  # two steps, cap reached in each
+    assert groups["started"] == sum(groups[k] for k in ("trained", "dropped_stale", "filtered_uniform", "abandoned",
+                                                       "ready_at_end"))
