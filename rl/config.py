@@ -63,6 +63,7 @@ class RolloutConfig:
     max_consecutive_errors: int = 3
     tool_timeout_s: float = 30.0
     tool_threads: int = 8
+    max_engine_restarts: int = 3  # a vLLM engine whose process dies is restarted this many times per run
     vllm: VLLMConfig = field(default_factory=VLLMConfig)
 
 

@@ -13,9 +13,15 @@ def make_engine(cfg: TurnRLConfig, model_path: str, kind: str | None = None) -> 
         from rollout.engines.hf import HFEngine
 
         return HFEngine(model_path, dtype=cfg.model.dtype)
+    from rollout.engines.restarting import RestartingEngine
     from rollout.engines.vllm_engine import VLLMEngine
 
     v = cfg.rollout.vllm
-    return VLLMEngine(model_path, dtype=cfg.model.dtype, max_model_len=v.max_model_len, seed=cfg.train.seed,
-                      kv_cache_gib=v.kv_cache_gib, gpu_memory_utilization=v.gpu_memory_utilization,
-                      enforce_eager=v.enforce_eager, tensor_parallel_size=v.tensor_parallel_size)
+
+    def start() -> VLLMEngine:
+        return VLLMEngine(model_path, dtype=cfg.model.dtype, max_model_len=v.max_model_len, seed=cfg.train.seed,
+                          kv_cache_gib=v.kv_cache_gib, gpu_memory_utilization=v.gpu_memory_utilization,
+                          enforce_eager=v.enforce_eager, tensor_parallel_size=v.tensor_parallel_size)
+
+    # vLLM's engine core is a separate process: if it dies, start a new one and carry on.
+    return RestartingEngine(start, max_restarts=cfg.rollout.max_engine_restarts)

@@ -251,6 +251,7 @@ async def train_async(cfg: TurnRLConfig) -> dict:
                 "rollout/groups_ready": stats.ready,
                 "rollout/groups_dropped_stale": stats.dropped_stale,
                 "rollout/groups_filtered_uniform": stats.filtered_uniform,
+                "rollout/engine_restarts": getattr(engine, "restarts", 0),
                 "perf/wait_s": t_wait,
                 "perf/train_s": t_train,
                 "perf/weight_sync_s": t_sync,

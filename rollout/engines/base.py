@@ -30,6 +30,11 @@ class Generation:
     version: int  # the policy version that produced every token of this call
 
 
+class EngineDeadError(RuntimeError):
+    """The engine is gone (its process died); a new one must be started. Raised by engines that
+    run out of process, so that `RestartingEngine` can tell death from a bad request."""
+
+
 class Engine(Protocol):
     version: int
 

@@ -14,7 +14,7 @@ import uuid
 
 import torch
 
-from rollout.engines.base import Generation, SamplingConfig
+from rollout.engines.base import EngineDeadError, Generation, SamplingConfig
 from rollout.engines.weights import VersionGate, pack_state_dict
 
 log = logging.getLogger(__name__)
@@ -105,9 +105,14 @@ class VLLMEngine:
 
     async def _run(self, prompt_ids: list[int], params):
         """One vLLM request (a unique id, token-id prompt) to its final output."""
+        from vllm.v1.engine.exceptions import EngineDeadError as VLLMEngineDead
+
         final = None
-        async for output in self._llm.generate({"prompt_token_ids": prompt_ids}, params, uuid.uuid4().hex):
-            final = output
+        try:
+            async for output in self._llm.generate({"prompt_token_ids": prompt_ids}, params, uuid.uuid4().hex):
+                final = output
+        except VLLMEngineDead as err:
+            raise EngineDeadError(f"vLLM's engine core died: {err}") from err
         return final
 
     async def update_weights(self, state_dict: dict[str, torch.Tensor], version: int) -> float:
@@ -115,9 +120,14 @@ class VLLMEngine:
         (waiting for in-flight calls included)."""
         t0 = time.perf_counter()
         blob = pack_state_dict(state_dict)
+        from vllm.v1.engine.exceptions import EngineDeadError as VLLMEngineDead
+
         async with self._gate.update():
-            worker_s = await self._llm.collective_rpc("turnrl_load_weights", timeout=self.rpc_timeout_s,
-                                                      args=(blob,))
+            try:
+                worker_s = await self._llm.collective_rpc("turnrl_load_weights", timeout=self.rpc_timeout_s,
+                                                          args=(blob,))
+            except VLLMEngineDead as err:
+                raise EngineDeadError(f"vLLM's engine core died: {err}") from err
             # Cached prefixes hold keys/values computed by the old weights.
             await self._llm.reset_prefix_cache()
             self.version = version

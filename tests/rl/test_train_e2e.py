@@ -3,9 +3,12 @@ checkpoint, resume. Runs the `turnrl` CLI in subprocesses, as a user would."""
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
+import psutil
 import pytest
 
 pytestmark = pytest.mark.slow
@@ -59,3 +62,35 @@ def test_resume_continues_from_the_checkpoint(run):
     assert [r["step"] for r in rows if "train/loss" in r] == [1, 2, 3]
     assert [r["train/optimizer_steps"] for r in rows if "train/loss" in r] == [2, 4, 6]
     assert (out / "checkpoints" / "step_3" / "meta.json").exists()
+
+
+def test_training_survives_a_killed_engine_core(run):
+    """SIGKILL vLLM's engine-core process mid-run: the engine is restarted with the current weights
+    and the run completes, with the restart in its metrics."""
+    root, env, common, _ = run
+    out = root / "killed"
+    args = [a for a in common if not a.startswith("train.out_dir=")]
+    proc = subprocess.Popen([sys.executable, "-m", "rl.cli", "train", *args, "rollout=vllm", "train.steps=20",
+                             f"train.out_dir={out}"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        metrics = out / "metrics.jsonl"
+        deadline = time.monotonic() + 600
+        while not (metrics.exists() and '"train/loss"' in metrics.read_text()):
+            assert proc.poll() is None and time.monotonic() < deadline, "the run ended before its first step"
+            time.sleep(0.2)
+        cores = [p for p in psutil.Process(proc.pid).children(recursive=True)
+                 if "EngineCore" in p.name() or "EngineCore" in " ".join(p.cmdline())]
+        assert cores, "no vLLM EngineCore process under the training run"
+        for core in cores:
+            os.kill(core.pid, signal.SIGKILL)
+        _, stderr = proc.communicate(timeout=900)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, stderr[-4000:]
+    rows = [json.loads(line) for line in metrics.read_text().splitlines()]
+    steps = [r for r in rows if "train/loss" in r]
+    assert [r["step"] for r in steps] == list(range(1, 21))
+    assert steps[-1]["rollout/engine_restarts"] == 1
+    assert "engine died" in stderr
