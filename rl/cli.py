@@ -17,12 +17,14 @@ log = logging.getLogger("turnrl")
 EPILOG = f"""\
 Every command takes Hydra overrides of the config (typed; an unknown key or a bad value stops
 with the key's name). Config groups live in {CONFIG_DIR}:
-  env=kbsearch|craft   rollout=vllm|hf   algo=grpo|dr_grpo   +experiment=smoke
+  env=kbsearch|craft   rollout=vllm|hf   algo=grpo|dr_grpo|rloo|reinforce_pp|ppo   +experiment=smoke
 Examples:
   turnrl model init                      # tiny Qwen2 model + tokenizer, made locally
   turnrl sft                             # expert-demonstration warm start
   turnrl train train.steps=50 algo.lr=1e-4
   turnrl train model.path=/ckpt/Qwen2.5-7B-Instruct rollout.vllm.tensor_parallel_size=2
+  turnrl train train.max_staleness=2 algo.importance_weights=token   # overlap rollout and training
+  turnrl train algo=ppo                  # PPO with a critic and GAE
   turnrl train train.resume=runs/turnrl-kbsearch/checkpoints
   turnrl eval model.path=runs/turnrl-kbsearch/final_model
   turnrl train --print-config            # show the resolved config and exit
