@@ -19,15 +19,26 @@ def _group_index(group_ids: Sequence[Hashable] | torch.Tensor, n: int) -> torch.
     return torch.tensor([index.setdefault(g, len(index)) for g in labels], dtype=torch.long)
 
 
+def _grouped(rewards: torch.Tensor, group_ids: Sequence[Hashable] | torch.Tensor
+             ) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """(rewards as flat float32 [B], dense group index [B], number of groups)."""
+    rewards = torch.as_tensor(rewards, dtype=torch.float32).flatten()
+    idx = _group_index(group_ids, rewards.numel()).to(rewards.device)
+    return rewards, idx, int(idx.max().item()) + 1 if rewards.numel() else 0
+
+
+def _group_sum(values: torch.Tensor, idx: torch.Tensor, num_groups: int) -> torch.Tensor:
+    """[G] sum of `values` [B] over each group."""
+    return torch.zeros(num_groups, device=values.device).index_add_(0, idx, values)
+
+
 def varied_groups(rewards: torch.Tensor, group_ids: Sequence[Hashable] | torch.Tensor) -> torch.Tensor:
     """[B] bool: True where the episode's group has rewards that differ (a group-relative signal).
 
     A group whose rewards are all equal (singletons included) gets zero advantage under any
     group-baseline estimator, so it only dilutes a token-mean loss.
     """
-    rewards = torch.as_tensor(rewards, dtype=torch.float32).flatten()
-    idx = _group_index(group_ids, rewards.numel()).to(rewards.device)
-    num_groups = int(idx.max().item()) + 1 if rewards.numel() else 0
+    rewards, idx, num_groups = _grouped(rewards, group_ids)
     inf = torch.full((num_groups,), torch.inf, device=rewards.device)
     gmax = (-inf).scatter_reduce(0, idx, rewards, "amax")
     gmin = inf.scatter_reduce(0, idx, rewards, "amin")
@@ -48,18 +59,13 @@ def grpo_advantages(
     equal (including singletons) get exactly 0: they carry no learning signal.
     Returns: [B] float32.
     """
-    rewards = torch.as_tensor(rewards, dtype=torch.float32).flatten()
-    n = rewards.numel()
-    idx = _group_index(group_ids, n).to(rewards.device)
-    num_groups = int(idx.max().item()) + 1 if n else 0
-
-    counts = torch.zeros(num_groups, device=rewards.device).index_add_(0, idx, torch.ones_like(rewards))
-    mean = torch.zeros(num_groups, device=rewards.device).index_add_(0, idx, rewards) / counts
-    centered = rewards - mean[idx]
+    rewards, idx, num_groups = _grouped(rewards, group_ids)
+    counts = _group_sum(torch.ones_like(rewards), idx, num_groups)
+    centered = rewards - (_group_sum(rewards, idx, num_groups) / counts)[idx]
     constant = ~varied_groups(rewards, idx)
 
     if normalize_std:
-        sq = torch.zeros(num_groups, device=rewards.device).index_add_(0, idx, centered**2)
+        sq = _group_sum(centered**2, idx, num_groups)
         std = (sq / (counts - 1).clamp(min=1)).sqrt()
         centered = centered / (std[idx] + eps)
     # Exact zeros: a float mean of equal values can be off by an ulp, which eps would not hide.
@@ -72,12 +78,9 @@ def rloo_advantages(rewards: torch.Tensor, group_ids: Sequence[Hashable] | torch
     Equals n / (n - 1) times the reward minus the group mean; singletons get 0.
     rewards: [B]; group_ids: [B] labels. Returns [B] float32.
     """
-    rewards = torch.as_tensor(rewards, dtype=torch.float32).flatten()
-    idx = _group_index(group_ids, rewards.numel()).to(rewards.device)
-    num_groups = int(idx.max().item()) + 1 if rewards.numel() else 0
-    counts = torch.zeros(num_groups, device=rewards.device).index_add_(0, idx, torch.ones_like(rewards))
-    sums = torch.zeros(num_groups, device=rewards.device).index_add_(0, idx, rewards)
-    n = counts[idx]
+    rewards, idx, num_groups = _grouped(rewards, group_ids)
+    n = _group_sum(torch.ones_like(rewards), idx, num_groups)[idx]
+    sums = _group_sum(rewards, idx, num_groups)
     others_mean = (sums[idx] - rewards) / (n - 1).clamp(min=1)
     adv = torch.where(n > 1, rewards - others_mean, torch.zeros_like(rewards))
     return torch.where(varied_groups(rewards, idx), adv, torch.zeros_like(adv))

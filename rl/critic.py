@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModel
 
-from rl.learner import TrainBatch, init_distributed
+from rl.learner import TrainBatch, deepspeed_config, init_distributed
 from rl.losses import masked_mean
 
 log = logging.getLogger(__name__)
@@ -60,15 +60,8 @@ class Critic:
         torch.manual_seed(cfg.seed)
         model = ValueModel(AutoModel.from_pretrained(model_path, dtype=torch.float32))
         optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
-        self.engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config={
-            "train_micro_batch_size_per_gpu": cfg.micro_batch_size,
-            "gradient_accumulation_steps": 1,
-            "train_batch_size": cfg.micro_batch_size * dist.get_world_size(),
-            "gradient_clipping": cfg.grad_clip,
-            "zero_optimization": {"stage": cfg.zero_stage},
-            "zero_allow_untested_optimizer": True,
-            "steps_per_print": 2**31 - 1,
-        })
+        config = deepspeed_config(cfg.micro_batch_size, dist.get_world_size(), cfg.grad_clip, cfg.zero_stage)
+        self.engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=config)
         self.device = torch.device(get_accelerator().device_name())
 
     @torch.no_grad()

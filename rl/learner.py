@@ -73,8 +73,8 @@ class TrainBatch:
     policy tokens; the loss for token t uses the logits at t-1, so loss_mask[:, 0] is ignored);
     old_logprobs: [N, T] behaviour log-probs (the engine's) of the tokens at the same positions;
     advantages: [N] (one per sequence) or [N, T] (per token, from GAE); proximal_logprobs: optional
-    [N, T] log-probs under the learner's weights before
-    this batch's first update (`Learner.proximal_logprobs`), the clip anchor of decoupled PPO.
+    [N, T] log-probs under the learner's weights before this batch's first update
+    (`Learner.proximal_logprobs`), the clip anchor of decoupled PPO.
     """
 
     input_ids: torch.Tensor
@@ -137,6 +137,24 @@ def split_mini_batches(batch: TrainBatch, num: int, generator: torch.Generator |
         raise ValueError(f"cannot cut a batch of {len(batch)} sequences into {num} mini-batches")
     order = torch.randperm(len(batch), generator=generator)
     return [batch.select(index) for index in order.tensor_split(num)]
+
+
+def deepspeed_config(micro_batch_size: int, world_size: int, grad_clip: float, zero_stage: int,
+                     bf16: bool = False) -> dict:
+    """The DeepSpeed config of a model trained by `train_step`-style loops (policy and critic)."""
+    # The loops drive accumulation themselves (a batch's micro-batch count varies), so DeepSpeed's
+    # nominal batch is one micro-batch per rank and the boundary is set by hand.
+    return {
+        "train_micro_batch_size_per_gpu": micro_batch_size,
+        "gradient_accumulation_steps": 1,
+        "train_batch_size": micro_batch_size * world_size,
+        "gradient_clipping": grad_clip,
+        "zero_optimization": {"stage": zero_stage},
+        "zero_allow_untested_optimizer": True,  # torch AdamW: runs on every accelerator, CPU included
+        "bf16": {"enabled": bf16},
+        "steps_per_print": 2**31 - 1,
+        "wall_clock_breakdown": False,
+    }
 
 
 def _free_port() -> int:
@@ -205,24 +223,9 @@ class Learner:
         optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.adam_eps,
                                       weight_decay=cfg.weight_decay)
         self.engine, self.optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer,
-                                                                 config=self._ds_config())
+                                                                 config=deepspeed_config(
+            cfg.micro_batch_size, self.world_size, cfg.grad_clip, cfg.zero_stage, bf16=cfg.dtype == "bfloat16"))
         self.step = 0
-
-    def _ds_config(self) -> dict:
-        cfg = self.cfg
-        # train_step drives accumulation itself (a batch's micro-batch count varies), so DeepSpeed's
-        # nominal batch is one micro-batch per rank and the boundary is set by hand.
-        return {
-            "train_micro_batch_size_per_gpu": cfg.micro_batch_size,
-            "gradient_accumulation_steps": 1,
-            "train_batch_size": cfg.micro_batch_size * self.world_size,
-            "gradient_clipping": cfg.grad_clip,
-            "zero_optimization": {"stage": cfg.zero_stage},
-            "zero_allow_untested_optimizer": True,  # torch AdamW: runs on every accelerator, CPU included
-            "bf16": {"enabled": cfg.dtype == "bfloat16"},
-            "steps_per_print": 2**31 - 1,
-            "wall_clock_breakdown": False,
-        }
 
     @property
     def model(self) -> torch.nn.Module:
@@ -252,6 +255,11 @@ class Learner:
         mb.loss_mask = mb.loss_mask.masked_fill(dummy.unsqueeze(-1), 0.0)
         return mb.to(self.device)
 
+    def _next_token_logits(self, mb: TrainBatch) -> torch.Tensor:
+        """[B, T-1, V] logits predicting tokens 1.., at the rollout temperature."""
+        logits = self.engine(input_ids=mb.input_ids, attention_mask=mb.attention_mask).logits[:, :-1]
+        return logits if self.cfg.temperature == 1.0 else logits / self.cfg.temperature
+
     @torch.no_grad()
     def proximal_logprobs(self, batch: TrainBatch) -> torch.Tensor:
         """Log-probs [N, T] of `batch`'s tokens under the current weights (at the rollout temperature),
@@ -263,8 +271,7 @@ class Learner:
         for start in range(0, len(batch), self.cfg.micro_batch_size):
             rows = list(range(start, min(start + self.cfg.micro_batch_size, len(batch))))
             mb = self._micro_batch(batch, rows)
-            logits = self.engine(input_ids=mb.input_ids, attention_mask=mb.attention_mask).logits[:, :-1]
-            scored = token_logprobs(logits / self.cfg.temperature, mb.input_ids[:, 1:])
+            scored = token_logprobs(self._next_token_logits(mb), mb.input_ids[:, 1:])
             out[start:start + len(rows), 1:scored.shape[1] + 1] = scored.cpu() * mb.attention_mask[:, 1:].cpu()
         return out
 
@@ -304,9 +311,7 @@ class Learner:
         for i, chunk in enumerate(chunks):
             self.engine.set_gradient_accumulation_boundary(i == len(chunks) - 1)
             mb = self._micro_batch(batch, chunk)
-            logits = self.engine(input_ids=mb.input_ids, attention_mask=mb.attention_mask).logits[:, :-1]
-            if cfg.temperature != 1.0:
-                logits = logits / cfg.temperature
+            logits = self._next_token_logits(mb)
             targets, mask = mb.input_ids[:, 1:], mb.loss_mask[:, 1:]
             logprobs = token_logprobs(logits, targets)
             behavior = mb.old_logprobs[:, 1:]

@@ -242,6 +242,7 @@ async def train_async(cfg: TurnRLConfig) -> dict:
             t_sync = time.perf_counter() - t2
 
             stats = buffer.stats
+            step_s = time.perf_counter() - t0
             metrics = {
                 **rollout_metrics(trajs),
                 **train_metrics,
@@ -255,8 +256,8 @@ async def train_async(cfg: TurnRLConfig) -> dict:
                 "perf/wait_s": t_wait,
                 "perf/train_s": t_train,
                 "perf/weight_sync_s": t_sync,
-                "perf/step_s": time.perf_counter() - t0,
-                "perf/gen_tokens_per_s": sum(t.num_generated_tokens for t in trajs) / (time.perf_counter() - t0),
+                "perf/step_s": step_s,
+                "perf/gen_tokens_per_s": sum(t.num_generated_tokens for t in trajs) / step_s,
             }
             if cfg.train.eval_every and (step + 1) % cfg.train.eval_every == 0 and step + 1 < cfg.train.steps:
                 mid_eval, _ = await evaluate(engine, chat, heldout, limits, desc=f"eval step {step + 1}")

@@ -11,6 +11,8 @@ import math
 import os
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 
@@ -18,6 +20,17 @@ from rollout.engines.base import EngineDeadError, Generation, SamplingConfig
 from rollout.engines.weights import VersionGate, pack_state_dict
 
 log = logging.getLogger(__name__)
+
+
+@contextmanager
+def _engine_death_as_ours() -> Iterator[None]:
+    """vLLM's EngineDeadError (its engine-core process is gone) as rollout's engine-agnostic one."""
+    from vllm.v1.engine.exceptions import EngineDeadError as VLLMEngineDead
+
+    try:
+        yield
+    except VLLMEngineDead as err:
+        raise EngineDeadError(f"vLLM's engine core died: {err}") from err
 
 
 class VLLMEngine:
@@ -105,14 +118,10 @@ class VLLMEngine:
 
     async def _run(self, prompt_ids: list[int], params):
         """One vLLM request (a unique id, token-id prompt) to its final output."""
-        from vllm.v1.engine.exceptions import EngineDeadError as VLLMEngineDead
-
         final = None
-        try:
+        with _engine_death_as_ours():
             async for output in self._llm.generate({"prompt_token_ids": prompt_ids}, params, uuid.uuid4().hex):
                 final = output
-        except VLLMEngineDead as err:
-            raise EngineDeadError(f"vLLM's engine core died: {err}") from err
         return final
 
     async def update_weights(self, state_dict: dict[str, torch.Tensor], version: int) -> float:
@@ -120,14 +129,10 @@ class VLLMEngine:
         (waiting for in-flight calls included)."""
         t0 = time.perf_counter()
         blob = pack_state_dict(state_dict)
-        from vllm.v1.engine.exceptions import EngineDeadError as VLLMEngineDead
-
         async with self._gate.update():
-            try:
+            with _engine_death_as_ours():
                 worker_s = await self._llm.collective_rpc("turnrl_load_weights", timeout=self.rpc_timeout_s,
                                                           args=(blob,))
-            except VLLMEngineDead as err:
-                raise EngineDeadError(f"vLLM's engine core died: {err}") from err
             # Cached prefixes hold keys/values computed by the old weights.
             await self._llm.reset_prefix_cache()
             self.version = version
