@@ -78,26 +78,21 @@ def cmd_train(cfg: TurnRLConfig) -> None:
 
 
 def cmd_eval(cfg: TurnRLConfig) -> None:
-    from transformers import AutoTokenizer
-
     from curricula.tasks import heldout_tasks
-    from rl.engines import make_engine
+    from rl.engines import make_rollout_worker
     from rl.evaluate import evaluate
-    from rl.train import episode_limits
-    from rollout.chat import ChatFormat
-    from rollout.env import get_env
+    from rl.rollout_pool import LocalRollout
 
     _require_model(cfg.model.path)
 
     async def run() -> None:
-        engine = make_engine(cfg, cfg.model.path)
+        rollout = LocalRollout(make_rollout_worker(cfg))  # one engine in this process: no Ray needed
         try:
-            chat = ChatFormat(AutoTokenizer.from_pretrained(cfg.model.path), get_env(cfg.env.name).tools)
             tasks = heldout_tasks(cfg.env.name, cfg.env.eval_difficulties, cfg.env.eval_tasks_per_difficulty,
                                   cfg.env.eval_seed_offset)
-            result, _ = await evaluate(engine, chat, tasks, episode_limits(cfg))
+            result, _ = await evaluate(rollout, tasks)
         finally:
-            await engine.shutdown()
+            await rollout.shutdown()
         print(json.dumps({"model": cfg.model.path, "env": cfg.env.name, **result.metrics("eval/"),
                           "finish_reasons": result.finish_reasons}, indent=2))
 

@@ -65,6 +65,17 @@ class RolloutConfig:
     tool_threads: int = 8
     max_engine_restarts: int = 3  # a vLLM engine whose process dies is restarted this many times per run
     vllm: VLLMConfig = field(default_factory=VLLMConfig)
+    # Rollout workers (Ray actors, each one engine and many concurrent episodes) and their placement.
+    num_workers: int = 1
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 0.0
+    worker_resources: dict[str, float] = field(default_factory=dict)  # custom Ray resources, e.g. {rollout_node: 1}
+    worker_start_timeout_s: float = 600.0
+    max_worker_restarts: int = 3  # dead workers replaced per run (their calls are re-queued)
+    # How new weights reach the workers: object_store (Ray's, one put) | broadcast (gloo group, in buckets)
+    weight_sync: str = "object_store"
+    weight_sync_bucket_mb: int = 256
+    weight_sync_timeout_s: float = 600.0
 
 
 @dataclass
@@ -129,6 +140,15 @@ class LoggerConfig:
 
 
 @dataclass
+class RayConfig:
+    # false: one rollout worker in the trainer's own process, no Ray (for debugging with pdb).
+    enabled: bool = True
+    # "": start Ray on this machine, bound to 127.0.0.1. "auto" or "host:port": join that cluster.
+    address: str = ""
+    num_cpus: int = 0  # CPUs a local Ray may schedule (0: all of this machine's)
+
+
+@dataclass
 class TrainConfig:
     steps: int = 30
     seed: int = 0
@@ -154,6 +174,7 @@ class TurnRLConfig:
     algo: AlgoConfig = field(default_factory=AlgoConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
@@ -162,6 +183,7 @@ class ConfigError(ValueError):
 
 
 _ENGINES = ("vllm", "hf")
+_WEIGHT_SYNC_BACKENDS = ("object_store", "broadcast")
 _WANDB_MODES = ("auto", "online", "offline", "disabled")
 
 ConfigStore.instance().store(name="turnrl_schema", node=TurnRLConfig)
@@ -196,6 +218,13 @@ def validate(cfg: TurnRLConfig) -> None:
         raise ConfigError(f"env.name={cfg.env.name!r} is not a registered environment: {registered_envs()}")
     if cfg.rollout.engine not in _ENGINES:
         raise ConfigError(f"rollout.engine={cfg.rollout.engine!r} must be one of {_ENGINES}")
+    if cfg.rollout.weight_sync not in _WEIGHT_SYNC_BACKENDS:
+        raise ConfigError(f"rollout.weight_sync={cfg.rollout.weight_sync!r} must be one of {_WEIGHT_SYNC_BACKENDS}")
+    if cfg.rollout.num_workers < 1:
+        raise ConfigError(f"rollout.num_workers={cfg.rollout.num_workers} must be >= 1")
+    if cfg.rollout.num_workers > 1 and not cfg.ray.enabled:
+        raise ConfigError(f"rollout.num_workers={cfg.rollout.num_workers} needs ray.enabled=true (without Ray the "
+                          "one rollout worker runs in the trainer's process)")
     if cfg.logger.wandb_mode not in _WANDB_MODES:
         raise ConfigError(f"logger.wandb_mode={cfg.logger.wandb_mode!r} must be one of {_WANDB_MODES}")
     from rl.advantages import ADVANTAGE_ESTIMATORS

@@ -1,9 +1,15 @@
-"""Build the configured inference engine for a model directory."""
+"""Build the configured inference engine, and a rollout worker around it, for a model directory."""
 
 from __future__ import annotations
 
+from transformers import AutoTokenizer
+
 from rl.config import TurnRLConfig
+from rollout.agent_loop import EpisodeLimits
+from rollout.chat import ChatFormat
 from rollout.engines.base import Engine
+from rollout.env import get_env
+from rollout.worker import RolloutWorker
 
 
 def make_engine(cfg: TurnRLConfig, model_path: str, kind: str | None = None) -> Engine:
@@ -25,3 +31,17 @@ def make_engine(cfg: TurnRLConfig, model_path: str, kind: str | None = None) -> 
 
     # vLLM's engine core is a separate process: if it dies, start a new one and carry on.
     return RestartingEngine(start, max_restarts=cfg.rollout.max_engine_restarts)
+
+
+def episode_limits(cfg: TurnRLConfig) -> EpisodeLimits:
+    r = cfg.rollout
+    return EpisodeLimits(max_turns=r.max_turns, max_tokens_per_turn=r.max_tokens_per_turn,
+                         max_total_tokens=r.max_total_tokens, max_consecutive_errors=r.max_consecutive_errors,
+                         tool_timeout_s=r.tool_timeout_s)
+
+
+def make_rollout_worker(cfg: TurnRLConfig, index: int = 0, node_id: str = "") -> RolloutWorker:
+    """The configured engine serving `model.path`, with the environment's chat format and episode limits."""
+    chat = ChatFormat(AutoTokenizer.from_pretrained(cfg.model.path), get_env(cfg.env.name).tools)
+    return RolloutWorker(make_engine(cfg, cfg.model.path), chat, episode_limits(cfg), cfg.rollout.tool_threads,
+                         index, node_id)

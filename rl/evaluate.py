@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections import defaultdict
 from dataclasses import dataclass, field
 
 from tqdm import tqdm
 
-from rollout.agent_loop import EpisodeLimits, run_episodes
-from rollout.chat import ChatFormat
-from rollout.engines.base import Engine, SamplingConfig
+from rollout.engines.base import SamplingConfig
 from rollout.types import Task, Trajectory
 
 
@@ -43,10 +42,18 @@ def summarize(trajectories: list[Trajectory]) -> EvalResult:
     )
 
 
-async def evaluate(engine: Engine, chat: ChatFormat, tasks: list[Task], limits: EpisodeLimits,
-                   desc: str = "eval") -> tuple[EvalResult, list[Trajectory]]:
-    """Greedy episodes on every held-out task."""
-    greedy = SamplingConfig(temperature=0.0, max_tokens=limits.max_tokens_per_turn)
+async def evaluate(rollout, tasks: list[Task], desc: str = "eval",
+                   slice_size: int = 8) -> tuple[EvalResult, list[Trajectory]]:
+    """Greedy episodes on every held-out task, in slices spread over the rollout workers
+    (`rl.rollout_pool`); results in the order of `tasks`."""
+    greedy = SamplingConfig(temperature=0.0)
+
+    async def one_slice(start: int) -> list[Trajectory]:
+        trajs = await rollout.run_episodes(tasks[start:start + slice_size], greedy)
+        bar.update(len(trajs))
+        return trajs
+
     with tqdm(total=len(tasks), desc=desc, unit="ep", leave=False) as bar:
-        trajs = await run_episodes(engine, chat, tasks, greedy, limits, on_done=bar.update)
+        slices = await asyncio.gather(*(one_slice(i) for i in range(0, len(tasks), slice_size)))
+    trajs = [t for s in slices for t in s]
     return summarize(trajs), trajs

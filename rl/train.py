@@ -1,10 +1,11 @@
 """The actor-learner loop, top to bottom.
 
 Two sides share one event loop. The rollout side (`generate_groups`) starts a group of episodes
-whenever the buffer admits one and puts it, scored, into the buffer. The learner side
-(`train_async`'s step loop) takes a batch of groups, updates the policy in a thread (so generation
-goes on meanwhile), pushes the new weights into the engine in place (episodes in flight pause and
-continue under the new version) and logs and checkpoints. `train.max_staleness` bounds how many
+whenever the buffer admits one, runs it on the least busy rollout worker (Ray actors,
+`rl/rollout_pool.py`) and puts it, scored, into the buffer. The learner side (`train_async`'s step
+loop) takes a batch of groups, updates the policy in a thread (so generation goes on meanwhile),
+pushes the new weights to every worker (episodes in flight pause and continue under the new
+version) and logs and checkpoints. `train.max_staleness` bounds how many
 versions generation may run ahead (`rl/buffer.py`); 0 is synchronous, on-policy training.
 Evaluates the starting (SFT) policy before RL and the trained one after, on the same held-out tasks.
 """
@@ -15,7 +16,6 @@ import asyncio
 import json
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -31,25 +31,15 @@ from rl.buffer import GroupBuffer, ScoredGroup
 from rl.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
 from rl.config import TurnRLConfig
 from rl.critic import Critic, CriticConfig
-from rl.engines import make_engine
 from rl.evaluate import EvalResult, evaluate
 from rl.learner import Learner, LearnerConfig, make_train_batch, split_mini_batches
 from rl.metrics import MetricsSink
 from rl.report import write_report
-from rollout.agent_loop import EpisodeLimits, run_episodes
-from rollout.chat import ChatFormat
+from rl.rollout_pool import RolloutStats, start_rollout
 from rollout.engines.base import SamplingConfig
-from rollout.env import get_env
 from rollout.types import Trajectory
 
 log = logging.getLogger(__name__)
-
-
-def episode_limits(cfg: TurnRLConfig) -> EpisodeLimits:
-    r = cfg.rollout
-    return EpisodeLimits(max_turns=r.max_turns, max_tokens_per_turn=r.max_tokens_per_turn,
-                         max_total_tokens=r.max_total_tokens, max_consecutive_errors=r.max_consecutive_errors,
-                         tool_timeout_s=r.tool_timeout_s)
 
 
 def learner_config(cfg: TurnRLConfig) -> LearnerConfig:
@@ -131,9 +121,8 @@ def policy_update(learner: Learner, critic: Critic | None, cfg: TurnRLConfig, tr
     return metrics | {"train/optimizer_steps": learner.step}
 
 
-async def generate_groups(buffer: GroupBuffer, engine, chat: ChatFormat, sampler: UniformTaskSampler,
-                          sampling: SamplingConfig, limits: EpisodeLimits, group_size: int, executor,
-                          seed: int) -> None:
+async def generate_groups(buffer: GroupBuffer, rollout, sampler: UniformTaskSampler, sampling: SamplingConfig,
+                          group_size: int, seed: int) -> None:
     """The rollout side, run as a task beside the learner: start a group whenever the buffer admits
     one; each group's episodes run concurrently and, scored, go into the buffer. Runs until cancelled."""
     running: set[asyncio.Task] = set()
@@ -141,8 +130,7 @@ async def generate_groups(buffer: GroupBuffer, engine, chat: ChatFormat, sampler
     async def one_group(index: int, task) -> None:
         try:
             group_sampling = replace(sampling, seed=seed * 1_000_003 + index * 4099)
-            trajs = await run_episodes(engine, chat, [task] * group_size, group_sampling, limits,
-                                       [str(index)] * group_size, executor)
+            trajs = await rollout.run_episodes([task] * group_size, group_sampling, [str(index)] * group_size)
             await buffer.put(ScoredGroup(index, trajs, outcome_rewards(trajs)))
         except asyncio.CancelledError:
             buffer.abandon()
@@ -186,12 +174,9 @@ async def train_async(cfg: TurnRLConfig) -> dict:
         log.info("resumed from %s at step %d", resume_dir, start_step)
 
     tokenizer = AutoTokenizer.from_pretrained(cfg.model.path)
-    env_cls = get_env(cfg.env.name)
-    chat = ChatFormat(tokenizer, env_cls.tools)
-    limits = episode_limits(cfg)
-    engine = make_engine(cfg, cfg.model.path)
+    rollout, started_ray = await start_rollout(cfg)
     if start_step > 0:
-        await engine.update_weights(learner.state_dict_for_inference(), version=start_step)
+        await rollout.update_weights(learner.state_dict_for_inference(), version=start_step)
 
     config_dict = OmegaConf.to_container(OmegaConf.structured(cfg))
     sink = MetricsSink(out_dir, config_dict, cfg.logger.wandb_mode, cfg.logger.project, cfg.logger.run_name,
@@ -202,7 +187,6 @@ async def train_async(cfg: TurnRLConfig) -> dict:
                                  seed_limit=cfg.env.eval_seed_offset)
     if "sampler" in extra:
         sampler.load_state_dict(extra["sampler"])
-    executor = ThreadPoolExecutor(cfg.rollout.tool_threads, thread_name_prefix="env")
     buffer = GroupBuffer(cfg.algo.tasks_per_step, cfg.train.max_staleness, cfg.train.wait_timeout_s,
                          filter_uniform=cfg.algo.refill_uniform_groups,
                          max_refills=cfg.algo.max_refill_factor * cfg.algo.tasks_per_step)
@@ -213,14 +197,14 @@ async def train_async(cfg: TurnRLConfig) -> dict:
         if "eval_sft" in extra:
             sft_eval = EvalResult(**extra["eval_sft"])
         else:
-            sft_eval, _ = await evaluate(engine, chat, heldout, limits, desc="eval (SFT policy)")
+            sft_eval, _ = await evaluate(rollout, heldout, desc="eval (SFT policy)")
             log.info("held-out success of the starting policy: %.3f %s", sft_eval.success,
                      sft_eval.success_by_difficulty)
         sink.log({**sft_eval.metrics("eval/"), "eval/success_sft": sft_eval.success}, step=start_step)
 
         sampling = SamplingConfig(temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p)
-        producer = asyncio.create_task(generate_groups(buffer, engine, chat, sampler, sampling, limits,
-                                                       cfg.algo.group_size, executor, cfg.train.seed))
+        producer = asyncio.create_task(generate_groups(buffer, rollout, sampler, sampling, cfg.algo.group_size,
+                                                       cfg.train.seed))
         bar = tqdm(range(start_step, cfg.train.steps), desc="train", unit="step", initial=start_step,
                    total=cfg.train.steps)
         for step in bar:
@@ -238,10 +222,11 @@ async def train_async(cfg: TurnRLConfig) -> dict:
             t_train = time.perf_counter() - t1
             t2 = time.perf_counter()
             state = await asyncio.to_thread(learner.state_dict_for_inference)
-            await engine.update_weights(state, version=step + 1)  # in-flight episodes pause, then go on
+            await rollout.update_weights(state, version=step + 1)  # in-flight episodes pause, then go on
             t_sync = time.perf_counter() - t2
 
             stats = buffer.stats
+            workers = rollout.stats()
             step_s = time.perf_counter() - t0
             metrics = {
                 **rollout_metrics(trajs),
@@ -252,7 +237,9 @@ async def train_async(cfg: TurnRLConfig) -> dict:
                 "rollout/groups_ready": stats.ready,
                 "rollout/groups_dropped_stale": stats.dropped_stale,
                 "rollout/groups_filtered_uniform": stats.filtered_uniform,
-                "rollout/engine_restarts": getattr(engine, "restarts", 0),
+                "rollout/engine_restarts": workers.engine_restarts,
+                "rollout/worker_restarts": workers.worker_restarts,
+                "rollout/requeued_calls": workers.requeued_calls,
                 "perf/wait_s": t_wait,
                 "perf/train_s": t_train,
                 "perf/weight_sync_s": t_sync,
@@ -260,7 +247,7 @@ async def train_async(cfg: TurnRLConfig) -> dict:
                 "perf/gen_tokens_per_s": sum(t.num_generated_tokens for t in trajs) / step_s,
             }
             if cfg.train.eval_every and (step + 1) % cfg.train.eval_every == 0 and step + 1 < cfg.train.steps:
-                mid_eval, _ = await evaluate(engine, chat, heldout, limits, desc=f"eval step {step + 1}")
+                mid_eval, _ = await evaluate(rollout, heldout, desc=f"eval step {step + 1}")
                 metrics.update(mid_eval.metrics("eval/"))
             sink.log(metrics, step=step + 1)
             bar.set_postfix(success=f"{metrics['rollout/success_rate']:.2f}", stale=max(stats.staleness),
@@ -279,7 +266,7 @@ async def train_async(cfg: TurnRLConfig) -> dict:
         producer.cancel()
         await asyncio.gather(producer, return_exceptions=True)
 
-        final_eval, final_trajs = await evaluate(engine, chat, heldout, limits, desc="eval (final policy)")
+        final_eval, final_trajs = await evaluate(rollout, heldout, desc="eval (final policy)")
         sink.log({**final_eval.metrics("eval/"), "eval/success_final": final_eval.success}, step=cfg.train.steps)
         sink.log_table("eval/samples", *sample_table(final_trajs, tokenizer), step=cfg.train.steps)
         learner.save_pretrained(out_dir / "final_model")
@@ -300,6 +287,7 @@ async def train_async(cfg: TurnRLConfig) -> dict:
                                "dropped_stale": stats.dropped_stale, "filtered_uniform": stats.filtered_uniform,
                                "abandoned": stats.abandoned,
                                "ready_at_end": stats.ready},
+            "rollout/workers": _workers_summary(rollout.stats()),
             "perf/wall_s": time.perf_counter() - run_start,
             "perf/mean_weight_sync_s": _mean(sink.history, "perf/weight_sync_s"),
             "final_model": str(out_dir / "final_model"),
@@ -312,9 +300,19 @@ async def train_async(cfg: TurnRLConfig) -> dict:
         if producer is not None and not producer.done():
             producer.cancel()
             await asyncio.gather(producer, return_exceptions=True)
-        executor.shutdown(wait=False, cancel_futures=True)
         sink.close()
-        await engine.shutdown()
+        await rollout.shutdown()
+        if started_ray:
+            import ray
+
+            ray.shutdown()
+
+
+def _workers_summary(stats: RolloutStats) -> dict:
+    return {"count": len(stats.workers), "nodes": len({w.node_id for w in stats.workers}),
+            "engine_restarts": stats.engine_restarts, "worker_restarts": stats.worker_restarts,
+            "requeued_calls": stats.requeued_calls,
+            "placement": [asdict(w) for w in stats.workers]}
 
 
 def _mean(history: list[dict], key: str) -> float:

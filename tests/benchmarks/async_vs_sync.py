@@ -122,8 +122,7 @@ async def rollout_modes(model: str, episodes: int) -> list[dict]:
 
     from curricula.tasks import UniformTaskSampler
     from rl.config import load_config
-    from rl.engines import make_engine
-    from rl.train import episode_limits
+    from rl.engines import episode_limits, make_engine
     from rollout.agent_loop import run_episode
     from rollout.chat import ChatFormat
     from rollout.engines.base import SamplingConfig

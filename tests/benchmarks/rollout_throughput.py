@@ -29,8 +29,7 @@ async def measure(kind: str, model: str, episodes: int, max_turns: int) -> dict:
 
     from curricula.tasks import heldout_tasks
     from rl.config import load_config
-    from rl.engines import make_engine
-    from rl.train import episode_limits
+    from rl.engines import episode_limits, make_engine
     from rollout.agent_loop import run_episodes
     from rollout.chat import ChatFormat
     from rollout.engines.base import SamplingConfig

@@ -1,0 +1,63 @@
+"""One rollout worker: an inference engine and the episodes that run on it.
+
+The trainer talks to rollout through this interface whether the worker lives in its own process
+(a Ray actor, `rl/rollout_pool.py`) or in the trainer's process (`ray.enabled=false`, for
+debugging): run a batch of episodes, take new weights, shut down.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import torch
+
+from rollout.agent_loop import EpisodeLimits, run_episodes
+from rollout.chat import ChatFormat
+from rollout.engines.base import Engine, SamplingConfig
+from rollout.types import Task, Trajectory
+
+
+@dataclass
+class WorkerInfo:
+    """Where a worker runs and what it has done, for logs and the run summary."""
+
+    index: int
+    pid: int
+    host: str
+    node_id: str  # Ray's node id ("" in-process)
+    version: int
+    engine_restarts: int
+
+
+class RolloutWorker:
+    """Episodes of any number of tasks, concurrently, on one engine; environments step in a thread pool."""
+
+    def __init__(self, engine: Engine, chat: ChatFormat, limits: EpisodeLimits, tool_threads: int,
+                 index: int = 0, node_id: str = "") -> None:
+        self.engine = engine
+        self.chat = chat
+        self.limits = limits
+        self.index = index
+        self.node_id = node_id
+        self._executor = ThreadPoolExecutor(tool_threads, thread_name_prefix="env")
+
+    async def run_episodes(self, tasks: Sequence[Task], sampling: SamplingConfig,
+                           group_ids: Sequence[str] | None = None) -> list[Trajectory]:
+        """One episode per task, in the order of `tasks` (see `rollout.agent_loop.run_episodes`)."""
+        return await run_episodes(self.engine, self.chat, tasks, sampling, self.limits, group_ids, self._executor)
+
+    async def update_weights(self, state_dict: dict[str, torch.Tensor], version: int) -> None:
+        """Load new weights in place; episodes in flight pause, then go on under `version`."""
+        await self.engine.update_weights(state_dict, version)
+
+    def info(self) -> WorkerInfo:
+        return WorkerInfo(self.index, os.getpid(), socket.gethostname(), self.node_id, self.engine.version,
+                          getattr(self.engine, "restarts", 0))
+
+    async def shutdown(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        await self.engine.shutdown()
