@@ -1,13 +1,26 @@
-"""Ray for the tests that run rollout workers as actors: one local instance for the whole session
-(training runs find it running and leave it up), bound to localhost."""
-
-from __future__ import annotations
+from pathlib import Path
 
 import pytest
+import torch
+from transformers import Qwen2Config, Qwen2ForCausalLM
+
+
+@pytest.fixture(scope="module")
+def qwen2_dir(tmp_path_factory) -> Path:
+    """A random 2-layer Qwen2 with a 64-token vocabulary: enough for learner and checkpoint tests."""
+    torch.manual_seed(0)
+    cfg = Qwen2Config(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                      tie_word_embeddings=True)
+    path = tmp_path_factory.mktemp("qwen2") / "tiny"
+    Qwen2ForCausalLM(cfg).save_pretrained(path)
+    return path
 
 
 @pytest.fixture(scope="session")
 def ray_local():
+    """One local Ray (bound to localhost) for the session: training runs find it running and leave
+    it up, instead of starting and stopping their own."""
     import ray
 
     ray.init(address="local", num_cpus=4, include_dashboard=False, _node_ip_address="127.0.0.1",
