@@ -39,8 +39,8 @@ def test_both_weight_sync_backends_load_exactly_the_learners_weights(tiny_model_
     tasks = heldout_tasks("kbsearch", [1, 2], 3, 10_000_000)
 
     async def episodes(backend: str | None):
-        cfg = _cfg(tiny_model_dir, tmp_path, "rollout.num_workers=2", f"rollout.weight_sync={backend or 'object_store'}",
-                   "rollout.weight_sync_bucket_mb=1")
+        cfg = _cfg(tiny_model_dir, tmp_path, "rollout.num_workers=2", "rollout.weight_sync_bucket_mb=1",
+                   f"rollout.weight_sync={backend or 'object_store'}")
         rollout = LocalRollout(make_rollout_worker(cfg)) if backend is None else await RolloutPool.start(cfg)
         try:
             await rollout.update_weights(state, version=3)

@@ -6,7 +6,7 @@ from rl.config import load_config
 from rl.train import train
 
 
-def test_rloo_with_sequence_tis_and_mini_batches_runs_and_logs_its_metrics(tiny_model_dir, tmp_path):
+def test_rloo_with_sequence_tis_and_mini_batches_runs_and_logs_its_metrics(tiny_model_dir, tmp_path, ray_local):
     cfg = load_config(["+experiment=smoke", "rollout=hf", f"model.path={tiny_model_dir}", "algo=rloo",
                        "algo.importance_weights=sequence", "algo.mini_batches=2", "algo.loss_agg=seq-mean-token-mean",
                        "rollout.max_tokens_per_turn=16", "env.eval_tasks_per_difficulty=1",
@@ -21,7 +21,7 @@ def test_rloo_with_sequence_tis_and_mini_batches_runs_and_logs_its_metrics(tiny_
     assert all(abs(r["train/is_weight_mean"] - 1.0) < 1e-2 for r in steps)
 
 
-def test_asynchronous_run_keeps_staleness_bounded_and_accounts_for_every_group(tiny_model_dir, tmp_path):
+def test_asynchronous_run_keeps_staleness_bounded_and_accounts_for_every_group(tiny_model_dir, tmp_path, ray_local):
     cfg = load_config(["+experiment=smoke", "rollout=hf", f"model.path={tiny_model_dir}", "train.steps=4",
                        "train.max_staleness=2", "algo.importance_weights=token", "rollout.max_tokens_per_turn=16",
                        "env.eval_tasks_per_difficulty=1", f"train.out_dir={tmp_path}/run"])
@@ -39,7 +39,7 @@ def test_asynchronous_run_keeps_staleness_bounded_and_accounts_for_every_group(t
     assert all(abs(r["train/ratio_mean"] - 1.0) < 1e-6 for r in steps)
 
 
-def test_ppo_with_a_critic_trains_policy_and_value_model(tiny_model_dir, tmp_path):
+def test_ppo_with_a_critic_trains_policy_and_value_model(tiny_model_dir, tmp_path, ray_local):
     cfg = load_config(["+experiment=smoke", "rollout=hf", f"model.path={tiny_model_dir}", "algo=ppo",
                        "algo.tasks_per_step=4", "rollout.max_tokens_per_turn=16", "env.eval_tasks_per_difficulty=1",
                        f"train.out_dir={tmp_path}/run"])
@@ -49,7 +49,7 @@ def test_ppo_with_a_critic_trains_policy_and_value_model(tiny_model_dir, tmp_pat
     assert len(steps) == 2 and all("train/value_loss" in r and "train/value_mean" in r for r in steps)
 
 
-def test_uniform_groups_are_refilled_up_to_the_cap_and_accounted_for(tiny_model_dir, tmp_path):
+def test_uniform_groups_are_refilled_up_to_the_cap_and_accounted_for(tiny_model_dir, tmp_path, ray_local):
     # A random policy fails every task: every group is uniform, so each step filters (and replaces)
     # max_refill_factor x tasks_per_step groups, then trains on what comes next.
     cfg = load_config(["+experiment=smoke", "rollout=hf", f"model.path={tiny_model_dir}",
