@@ -74,7 +74,8 @@ def cmd_train(cfg: TurnRLConfig) -> None:
 
     _require_model(cfg.model.path)
     summary = train(cfg)
-    print(json.dumps(summary, indent=2))
+    if summary:  # ranks other than 0 (under torchrun) return none
+        print(json.dumps(summary, indent=2))
 
 
 def cmd_eval(cfg: TurnRLConfig) -> None:
@@ -144,7 +145,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.print_config:
         print(to_yaml(cfg))
         return
-    if args.command == "train":
+    if args.command == "train" and os.environ.get("RANK", "0") == "0":
         _setup_logging(Path(cfg.train.out_dir) / "train.log")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     handler = cmd_model_init if args.command == "model" else COMMANDS[args.command][0]

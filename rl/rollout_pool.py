@@ -41,6 +41,10 @@ log = logging.getLogger(__name__)
 _PASSED_ENV = ("VLLM_CPU_KVCACHE_SPACE", "TOKENIZERS_PARALLELISM", "TURNRL_CACHE", "HF_HOME", "CUDA_VISIBLE_DEVICES")
 
 
+_LAUNCHER_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK", "MASTER_ADDR",
+                  "MASTER_PORT", "TORCHELASTIC_RUN_ID")
+
+
 class RolloutWorkerDied(RuntimeError):
     """Rollout workers died more often than `rollout.max_worker_restarts` allows."""
 
@@ -137,10 +141,16 @@ def start_ray(cfg: TurnRLConfig) -> bool:
     if ray.is_initialized():
         return False
     common = dict(include_dashboard=False, log_to_driver=True, configure_logging=False)
-    if cfg.ray.address:
-        ray.init(address=cfg.ray.address, **common)
-    else:
-        ray.init(address="local", num_cpus=cfg.ray.num_cpus or None, _node_ip_address="127.0.0.1", **common)
+    # A local Ray's processes (and so every worker) inherit this environment: under torchrun, its
+    # rank variables would tell libraries in the workers (vLLM) that they are rank N of a job.
+    launcher = {k: os.environ.pop(k) for k in _LAUNCHER_VARS if k in os.environ}
+    try:
+        if cfg.ray.address:
+            ray.init(address=cfg.ray.address, **common)
+        else:
+            ray.init(address="local", num_cpus=cfg.ray.num_cpus or None, _node_ip_address="127.0.0.1", **common)
+    finally:
+        os.environ.update(launcher)
     log.info("Ray %s: %s", "joined" if cfg.ray.address else "started locally", ray.cluster_resources())
     return True
 

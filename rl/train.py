@@ -33,6 +33,7 @@ from rl.config import TurnRLConfig
 from rl.critic import Critic, CriticConfig
 from rl.evaluate import EvalResult, evaluate
 from rl.learner import Learner, LearnerConfig, make_train_batch, split_mini_batches
+from rl.learner_ranks import announce, follow_rank0
 from rl.metrics import MetricsSink
 from rl.report import write_report
 from rl.rollout_pool import RolloutStats, start_rollout
@@ -172,13 +173,26 @@ async def train_async(cfg: TurnRLConfig) -> dict:
     if resume_dir is not None:
         start_step, extra = load_checkpoint(resume_dir, learner)
         log.info("resumed from %s at step %d", resume_dir, start_step)
-
+    config_dict = OmegaConf.to_container(OmegaConf.structured(cfg))
     tokenizer = AutoTokenizer.from_pretrained(cfg.model.path)
+    ranks = learner.world_size
+    if learner.rank != 0:  # under torchrun: mirror rank 0's learner calls (rl/learner_ranks.py)
+        follow_rank0({
+            "update": lambda *args: policy_update(learner, critic, cfg, *args),
+            "weights": learner.state_dict_for_inference,
+            "save": lambda step, extra: save_checkpoint(ckpt_root, learner, step, config=config_dict, extra=extra),
+            "save_final": lambda: learner.save_pretrained(out_dir / "final_model"),
+        })
+        return {}
+
+    def weights_for_rollout() -> dict[str, torch.Tensor]:
+        if cfg.algo.zero_stage == 3:
+            announce(ranks, "weights")  # ZeRO-3 gathers the shards: every rank takes part
+        return learner.state_dict_for_inference()
+
     rollout, started_ray = await start_rollout(cfg)
     if start_step > 0:
-        await rollout.update_weights(learner.state_dict_for_inference(), version=start_step)
-
-    config_dict = OmegaConf.to_container(OmegaConf.structured(cfg))
+        await rollout.update_weights(weights_for_rollout(), version=start_step)
     sink = MetricsSink(out_dir, config_dict, cfg.logger.wandb_mode, cfg.logger.project, cfg.logger.run_name,
                        resume_step=start_step)
     heldout = heldout_tasks(cfg.env.name, cfg.env.eval_difficulties, cfg.env.eval_tasks_per_difficulty,
@@ -217,11 +231,12 @@ async def train_async(cfg: TurnRLConfig) -> dict:
 
             # The learner runs in a thread: the event loop keeps generating meanwhile (max_staleness > 0).
             t1 = time.perf_counter()
-            train_metrics = await asyncio.to_thread(policy_update, learner, critic, cfg, trajs, group_ids, rewards,
-                                                    tokenizer.pad_token_id, step)
+            update_args = (trajs, group_ids, rewards, tokenizer.pad_token_id, step)
+            announce(ranks, "update", *update_args)
+            train_metrics = await asyncio.to_thread(policy_update, learner, critic, cfg, *update_args)
             t_train = time.perf_counter() - t1
             t2 = time.perf_counter()
-            state = await asyncio.to_thread(learner.state_dict_for_inference)
+            state = await asyncio.to_thread(weights_for_rollout)
             await rollout.update_weights(state, version=step + 1)  # in-flight episodes pause, then go on
             t_sync = time.perf_counter() - t2
 
@@ -260,8 +275,10 @@ async def train_async(cfg: TurnRLConfig) -> dict:
             if (step + 1) % cfg.train.save_every == 0 or step + 1 == cfg.train.steps:
                 # Before the next version is admitted, so that (synchronously) no task of the next
                 # step has been drawn yet and a resumed run continues with the same tasks.
+                extra = {"sampler": sampler.state_dict(), "eval_sft": asdict(sft_eval)}
+                announce(ranks, "save", step + 1, extra)
                 await asyncio.to_thread(save_checkpoint, ckpt_root, learner, step + 1, config=config_dict,
-                                        extra={"sampler": sampler.state_dict(), "eval_sft": asdict(sft_eval)})
+                                        extra=extra)
             await buffer.set_version(step + 1)
         producer.cancel()
         await asyncio.gather(producer, return_exceptions=True)
@@ -269,6 +286,7 @@ async def train_async(cfg: TurnRLConfig) -> dict:
         final_eval, final_trajs = await evaluate(rollout, heldout, desc="eval (final policy)")
         sink.log({**final_eval.metrics("eval/"), "eval/success_final": final_eval.success}, step=cfg.train.steps)
         sink.log_table("eval/samples", *sample_table(final_trajs, tokenizer), step=cfg.train.steps)
+        announce(ranks, "save_final")
         learner.save_pretrained(out_dir / "final_model")
         tokenizer.save_pretrained(out_dir / "final_model")
         stats = buffer.stats
@@ -281,6 +299,7 @@ async def train_async(cfg: TurnRLConfig) -> dict:
             "eval/num_tasks": final_eval.num_tasks,
             "train/steps": cfg.train.steps,
             "train/max_staleness": cfg.train.max_staleness,
+            "train/learner_ranks": ranks,
             # Every group started is trained, dropped as stale, filtered as uniform, abandoned when the
             # run ended, or left ready.
             "rollout/groups": {"started": stats.started, "trained": stats.trained,
@@ -297,6 +316,7 @@ async def train_async(cfg: TurnRLConfig) -> dict:
         sink.set_summary({k: v for k, v in summary.items() if isinstance(v, int | float)})
         return summary
     finally:
+        announce(ranks, "stop")
         if producer is not None and not producer.done():
             producer.cancel()
             await asyncio.gather(producer, return_exceptions=True)

@@ -37,3 +37,28 @@ def test_readme_names_the_two_commands():
     text = README.read_text()
     assert "make train" in text and "make test" in text
     assert "make test" in (README.parent / ".ci" / "run").read_text()
+
+
+def _turnrl_commands() -> list[list[str]]:
+    """Every `turnrl <command> ...` in the README's bash blocks, as argument lists."""
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", README.read_text(), re.DOTALL):
+        for line in block.replace("\\\n", " ").splitlines():
+            for part in line.split("#")[0].split("&&"):
+                words = part.split()
+                if words[:1] == ["turnrl"]:
+                    commands.append(words[1:])
+    return commands
+
+
+def test_readme_turnrl_commands_take_valid_configs():
+    """Each README command's overrides load (a renamed or mistyped key fails here, not for a user)."""
+    from rl.cli import build_parser
+    from rl.config import load_config
+
+    commands = _turnrl_commands()
+    assert len(commands) >= 10
+    for words in (w for w in commands if "--help" not in w):
+        args = build_parser().parse_args(words)
+        overrides = [o for o in getattr(args, "overrides", []) if "=" in o]
+        load_config(overrides)

@@ -16,6 +16,11 @@ from rl.weight_sync import free_port
 pytestmark = pytest.mark.slow
 
 RAY = str(Path(sys.executable).with_name("ray"))
+# `ray start --head` turns on token authentication (the token goes to ~/.ray/auth_token); the other
+# node and the trainer must use it too.
+ENV = {**{k: v for k, v in os.environ.items() if k not in {"MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE",
+                                                           "LOCAL_RANK", "RAY_ADDRESS"}},
+       "RAY_AUTH_MODE": "token"}
 
 
 def ray_node(*args: str) -> subprocess.Popen:
@@ -24,7 +29,7 @@ def ray_node(*args: str) -> subprocess.Popen:
              f"--runtime-env-agent-port={free_port('127.0.0.1')}",
              f"--metrics-export-port={free_port('127.0.0.1')}"]
     return subprocess.Popen([RAY, "start", "--block", "--node-ip-address=127.0.0.1", "--num-cpus=2",
-                             "--disable-usage-stats", *ports, *args], start_new_session=True,
+                             "--disable-usage-stats", *ports, *args], start_new_session=True, env=ENV,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
@@ -32,7 +37,7 @@ def wait_for_nodes(address: str, count: int, timeout_s: float = 120) -> None:
     code = f"import ray; ray.init(address='{address}'); print(sum(n['Alive'] for n in ray.nodes()))"
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=ENV)
         if out.returncode == 0 and out.stdout.strip().splitlines()[-1] == str(count):
             return
         time.sleep(1)
@@ -58,14 +63,12 @@ def test_training_on_a_two_node_localhost_cluster_spreads_rollout_workers_over_b
         time.sleep(2)
         nodes.append(ray_node(f"--address={address}"))
         wait_for_nodes(address, 2)
-        launcher_vars = {"MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK", "RAY_ADDRESS"}
-        env = {k: v for k, v in os.environ.items() if k not in launcher_vars}
         out = tmp_path / "run"
         proc = subprocess.run(
             [sys.executable, "-m", "rl.cli", "train", "+experiment=smoke", "rollout=hf", f"model.path={tiny_model_dir}",
              f"ray.address={address}", "rollout.num_workers=2", "rollout.weight_sync=broadcast",
              "rollout.max_tokens_per_turn=16", "env.eval_tasks_per_difficulty=1", f"train.out_dir={out}"],
-            env=env, capture_output=True, text=True, timeout=900)
+            env=ENV, capture_output=True, text=True, timeout=900)
         assert proc.returncode == 0, proc.stderr[-4000:]
     finally:
         for node in reversed(nodes):
