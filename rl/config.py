@@ -63,6 +63,9 @@ class RolloutConfig:
     max_consecutive_errors: int = 3
     tool_timeout_s: float = 30.0
     tool_threads: int = 8
+    # Extra log-normal time (this mean, sigma 1) on every tool call, standing in for remote tools in
+    # benchmarks (tests/benchmarks/async_vs_sync.py); 0: none.
+    simulated_tool_latency_ms: float = 0.0
     max_engine_restarts: int = 3  # a vLLM engine whose process dies is restarted this many times per run
     vllm: VLLMConfig = field(default_factory=VLLMConfig)
     # Rollout workers (Ray actors, each one engine and many concurrent episodes) and their placement.

@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import random
+import time
 from collections.abc import Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, replace
+from functools import partial
 
 from rollout.chat import ChatFormat, parse_action
 from rollout.engines.base import Engine, SamplingConfig
@@ -28,6 +32,9 @@ class EpisodeLimits:
     max_total_tokens: int = 1024  # prompt + everything appended, the engine's context budget
     max_consecutive_errors: int = 3  # bad tool calls in a row before the episode ends as TOOL_ERROR
     tool_timeout_s: float = 30.0
+    # Extra time every tool call takes, log-normal (sigma 1, a long tail) with this mean; 0: none.
+    # Stands in for remote tools (search APIs, sandboxes) when measuring how rollout overlaps them.
+    simulated_tool_latency_s: float = 0.0
 
 
 class _EpisodeBuffer:
@@ -52,11 +59,19 @@ class _EpisodeBuffer:
         self.versions += [-1] * len(token_ids)
 
 
-async def _step_env(env, call, executor: Executor | None, timeout_s: float) -> StepResult | None:
+def _slow_step(env, call, latency_s: float) -> StepResult:
+    sigma = 1.0  # mean of lognormvariate(mu, sigma) is exp(mu + sigma^2 / 2)
+    time.sleep(random.lognormvariate(math.log(latency_s) - sigma**2 / 2, sigma))
+    return env.step(call)
+
+
+async def _step_env(env, call, executor: Executor | None, timeout_s: float,
+                    latency_s: float = 0.0) -> StepResult | None:
     """Run env.step in the pool; None on timeout. A tool that raises is an error observation."""
     loop = asyncio.get_running_loop()
+    step = partial(_slow_step, env, call, latency_s) if latency_s > 0 else partial(env.step, call)
     try:
-        return await asyncio.wait_for(loop.run_in_executor(executor, env.step, call), timeout_s)
+        return await asyncio.wait_for(loop.run_in_executor(executor, step), timeout_s)
     except TimeoutError:
         return None
     except Exception as err:  # a broken tool must not take the run down; the agent reads the error
@@ -100,7 +115,8 @@ async def run_episode(
             if parsed.call is None:
                 result = StepResult(observation=f"Error: {parsed.error}", error=True)
             else:
-                result = await _step_env(env, parsed.call, executor, limits.tool_timeout_s)
+                result = await _step_env(env, parsed.call, executor, limits.tool_timeout_s,
+                                         limits.simulated_tool_latency_s)
                 if result is None:
                     finish = FinishReason.TIMEOUT
                     break

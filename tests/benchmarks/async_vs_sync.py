@@ -2,11 +2,13 @@
 
     python tests/benchmarks/async_vs_sync.py [--steps 20] [--staleness 0 2 4] [OVERRIDE ...]
 
-Every tool call sleeps for a log-normal time (mean $TURNRL_BENCH_LATENCY_MS, default 200 ms;
-sigma 1: a long tail), so episodes take very different times, as agentic rollouts with real tools
-do. Part 1 trains the same config (decoupled PPO) for the same number of samples (steps x tasks x
-group) at each `train.max_staleness`, one after another in this process, and reports the
-wall-clock of the RL steps and the final held-out success (with its binomial standard error).
+Every tool call sleeps for a log-normal time (`rollout.simulated_tool_latency_ms`: mean
+$TURNRL_BENCH_LATENCY_MS, default 200 ms; sigma 1: a long tail), so episodes take very different
+times, as agentic rollouts with real tools do. Training runs generate in the Ray rollout workers
+(`rollout.num_workers`, 1 unless overridden), as `turnrl train` does. Part 1 trains the same
+config (decoupled PPO) for the same number of samples (steps x tasks x group) at each
+`train.max_staleness`, one after another in this process, and reports the wall-clock of the RL
+steps and the final held-out success (with its binomial standard error).
 Part 2 runs the same episodes with one coroutine per episode (turnrl's agent loop) and
 turn-batched (all episodes advance one turn together, the slowest tool call of a turn holding back
 every episode). Numbers go to tests/benchmarks/results/async_vs_sync.json.
@@ -20,33 +22,16 @@ import json
 import math
 import os
 import platform
-import random
 import time
-from dataclasses import replace
 from pathlib import Path
 
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from rollout.env import register_env  # noqa: E402
-from rollout.envs.kbsearch import KBSearchEnv  # noqa: E402
-
 RESULTS = Path(__file__).resolve().parent / "results" / "async_vs_sync.json"
-LATENCY_S = float(os.environ.get("TURNRL_BENCH_LATENCY_MS", "200")) / 1000
-
-
-@register_env("kbsearch-slow-tools")
-class SlowToolsKBSearch(KBSearchEnv):
-    """kbsearch whose every tool call takes a log-normal time with mean LATENCY_S (sigma 1)."""
-
-    @staticmethod
-    def generate_task(seed: int, difficulty: int):
-        return replace(KBSearchEnv.generate_task(seed, difficulty), env="kbsearch-slow-tools")
-
-    def step(self, call):
-        sigma = 1.0
-        time.sleep(random.lognormvariate(math.log(LATENCY_S) - sigma**2 / 2, sigma))
-        return super().step(call)
+LATENCY_MS = float(os.environ.get("TURNRL_BENCH_LATENCY_MS", "200"))
+# Every tool call takes a log-normal extra time (sigma 1) with this mean: long-tailed episodes.
+COMMON = ["env.name=kbsearch", f"rollout.simulated_tool_latency_ms={LATENCY_MS}", "rollout.tool_threads=256"]
 
 
 def ensure_sft_model() -> str:
@@ -64,9 +49,9 @@ def train_run(model: str, staleness: int, steps: int, out_dir: Path, extra: list
     from rl.config import load_config
     from rl.train import train
 
-    cfg = load_config([f"model.path={model}", "env.name=kbsearch-slow-tools", f"train.steps={steps}",
+    cfg = load_config([f"model.path={model}", *COMMON, f"train.steps={steps}",
                        f"train.max_staleness={staleness}", f"train.out_dir={out_dir}", "logger.wandb_mode=disabled",
-                       "rollout.tool_threads=256", f"train.save_every={steps}",
+                       f"train.save_every={steps}",
                        # Decoupled PPO in every run (at staleness 0 it equals on-policy GRPO).
                        "algo.importance_weights=token", *extra])
     summary = train(cfg)
@@ -126,11 +111,12 @@ async def rollout_modes(model: str, episodes: int) -> list[dict]:
     from rollout.agent_loop import run_episode
     from rollout.chat import ChatFormat
     from rollout.engines.base import SamplingConfig
+    from rollout.env import get_env
 
-    cfg = load_config([f"model.path={model}", "env.name=kbsearch-slow-tools"])
+    cfg = load_config([f"model.path={model}", *COMMON])
     engine = make_engine(cfg, model)
-    chat = ChatFormat(AutoTokenizer.from_pretrained(model), SlowToolsKBSearch.tools)
-    tasks = UniformTaskSampler("kbsearch-slow-tools", [1, 2, 3], 0, seed_limit=10_000_000).sample(episodes)
+    chat = ChatFormat(AutoTokenizer.from_pretrained(model), get_env("kbsearch").tools)
+    tasks = UniformTaskSampler("kbsearch", [1, 2, 3], 0, seed_limit=10_000_000).sample(episodes)
     executor = ThreadPoolExecutor(256)
     results = []
     try:
@@ -180,7 +166,7 @@ def main() -> None:
     report = {
         "benchmark": "async_vs_sync",
         "model": model,
-        "tool_latency": {"distribution": "log-normal", "mean_s": LATENCY_S, "sigma": 1.0},
+        "tool_latency": {"distribution": "log-normal", "mean_s": LATENCY_MS / 1000, "sigma": 1.0},
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
         "training": runs,
         "rollout_modes": modes,

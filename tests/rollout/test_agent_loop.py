@@ -148,3 +148,27 @@ def test_hanging_and_raising_tools_end_the_episode_cleanly(tiny_tokenizer, tool,
     assert traj.finish_reason == reason and not traj.success
     if tool == "boom":
         assert "backend exploded" in tiny_tokenizer.decode(traj.token_ids)
+
+
+def test_simulated_tool_latency_is_log_normal_with_the_configured_mean(tiny_tokenizer, monkeypatch):
+    """Every tool call of an episode sleeps once before the tool runs; the sleeps average the mean."""
+    import random
+
+    import rollout.agent_loop as agent_loop
+
+    sleeps: list[float] = []
+    monkeypatch.setattr(agent_loop.time, "sleep", sleeps.append)
+    random.seed(0)
+    env_cls = get_env("kbsearch")
+    task = env_cls.generate_task(seed=3, difficulty=2)
+    chat = ChatFormat(tiny_tokenizer, env_cls.tools)
+    calls = env_cls.expert_solution(task)
+    episodes = 200
+    for _ in range(episodes):
+        engine = ScriptedEngine(chat, [format_tool_call(c) for c in calls])
+        traj = asyncio.run(run_episode(engine, chat, task, SamplingConfig(), EpisodeLimits(
+            max_turns=20, simulated_tool_latency_s=0.2)))
+        assert traj.success
+    assert len(sleeps) == episodes * len(calls)
+    assert sum(sleeps) / len(sleeps) == pytest.approx(0.2, rel=0.1)
+    assert max(sleeps) > 3 * 0.2  # the long tail
