@@ -114,6 +114,10 @@ class AlgoConfig:
     refill_uniform_groups: bool = False
     max_refill_factor: int = 2
     micro_batch_size: int = 16
+    # Long-tailed episode lengths (rl/packing.py): > 0 cuts micro-batches by this many tokens instead
+    # of micro_batch_size rows; pack_sequences runs each micro-batch as one packed row (no padding).
+    micro_batch_tokens: int = 0
+    pack_sequences: bool = False
     zero_stage: int = 2
     # PPO's critic (algo.name=ppo): a value model initialised from the policy's transformer.
     gamma: float = 1.0
@@ -261,6 +265,9 @@ def validate(cfg: TurnRLConfig) -> None:
     if cfg.algo.mini_batches > episodes:
         raise ConfigError(f"algo.mini_batches={cfg.algo.mini_batches} exceeds the {episodes} episodes of a step "
                           "(algo.tasks_per_step * algo.group_size)")
+    if cfg.algo.micro_batch_tokens < 0:
+        raise ConfigError(f"algo.micro_batch_tokens={cfg.algo.micro_batch_tokens} must be >= 0 (0: micro-batches "
+                          "of algo.micro_batch_size sequences)")
     if cfg.algo.zero_stage not in (0, 1, 2, 3):
         raise ConfigError(f"algo.zero_stage={cfg.algo.zero_stage} must be 0, 1, 2 or 3")
 

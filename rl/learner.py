@@ -31,6 +31,7 @@ from rl.losses import (
     token_entropy,
     token_logprobs,
 )
+from rl.packing import micro_batches, packed_logits
 from rollout.types import Trajectory
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,9 @@ class LearnerConfig:
     adam_eps: float = 1e-8
     grad_clip: float = 1.0  # 0 disables clipping
     micro_batch_size: int = 16  # sequences per forward/backward on one rank
+    # > 0: micro-batches hold as many sequences as fit in this many tokens instead (rl/packing.py).
+    micro_batch_tokens: int = 0
+    pack_sequences: bool = False  # one packed row per micro-batch: no compute spent on padding
     # The rollout's sampling temperature: log-probs are taken of softmax(logits / temperature), the
     # distribution the engine sampled from, so the ratio to the behaviour log-probs starts at 1.
     temperature: float = 1.0
@@ -232,12 +236,10 @@ class Learner:
         """The HF model inside the engine."""
         return self.engine.module
 
-    def _shard(self, n: int) -> list[int | None]:
-        """This rank's row indices, padded with None so every rank runs the same number of rows
-        (ZeRO's reductions are collectives: all ranks must do the same number of backwards)."""
+    def _shard(self, n: int) -> list[int]:
+        """This rank's rows of a batch of `n`: contiguous blocks of ceil(n / world_size)."""
         per_rank = math.ceil(n / self.world_size)
-        rows: list[int | None] = list(range(self.rank * per_rank, min((self.rank + 1) * per_rank, n)))
-        return rows + [None] * (per_rank - len(rows))
+        return list(range(self.rank * per_rank, min((self.rank + 1) * per_rank, n)))
 
     def _all_reduce_sum(self, values: torch.Tensor) -> torch.Tensor:
         import torch.distributed as dist
@@ -247,6 +249,21 @@ class Learner:
             dist.all_reduce(values)
         return values.cpu()
 
+    def _max_over_ranks(self, value: int) -> int:
+        import torch.distributed as dist
+
+        if self.world_size == 1:
+            return value
+        t = torch.tensor([value], device=self.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return int(t.item())
+
+    def _micro_batches(self, batch: TrainBatch, rows: list[int]) -> list[list[int]]:
+        lengths = batch.attention_mask.sum(1)
+        cut = micro_batches([int(lengths[r]) for r in rows], self.cfg.micro_batch_size, self.cfg.micro_batch_tokens,
+                            self.cfg.pack_sequences)
+        return [[rows[i] for i in chunk] for chunk in cut]
+
     def _micro_batch(self, batch: TrainBatch, rows: list[int | None]) -> TrainBatch:
         # Padding rows (None) reuse row 0 with an empty loss mask: they run forward/backward but add nothing.
         index = torch.tensor([0 if r is None else r for r in rows], dtype=torch.long)
@@ -255,9 +272,12 @@ class Learner:
         mb.loss_mask = mb.loss_mask.masked_fill(dummy.unsqueeze(-1), 0.0)
         return mb.to(self.device)
 
-    def _next_token_logits(self, mb: TrainBatch) -> torch.Tensor:
-        """[B, T-1, V] logits predicting tokens 1.., at the rollout temperature."""
-        logits = self.engine(input_ids=mb.input_ids, attention_mask=mb.attention_mask).logits[:, :-1]
+    def _next_token_logits(self, model: torch.nn.Module, mb: TrainBatch) -> torch.Tensor:
+        """[B, T-1, V] logits of `model` predicting tokens 1.., at the rollout temperature."""
+        if self.cfg.pack_sequences:
+            logits = packed_logits(model, mb.input_ids, mb.attention_mask)[:, :-1]
+        else:
+            logits = model(input_ids=mb.input_ids, attention_mask=mb.attention_mask).logits[:, :-1]
         return logits if self.cfg.temperature == 1.0 else logits / self.cfg.temperature
 
     @torch.no_grad()
@@ -268,11 +288,10 @@ class Learner:
         it on every rank."""
         self.engine.eval()
         out = torch.zeros_like(batch.old_logprobs)
-        for start in range(0, len(batch), self.cfg.micro_batch_size):
-            rows = list(range(start, min(start + self.cfg.micro_batch_size, len(batch))))
+        for rows in self._micro_batches(batch, list(range(len(batch)))):
             mb = self._micro_batch(batch, rows)
-            scored = token_logprobs(self._next_token_logits(mb), mb.input_ids[:, 1:])
-            out[start:start + len(rows), 1:scored.shape[1] + 1] = scored.cpu() * mb.attention_mask[:, 1:].cpu()
+            scored = token_logprobs(self._next_token_logits(self.engine, mb), mb.input_ids[:, 1:])
+            out[rows, 1:scored.shape[1] + 1] = scored.cpu() * mb.attention_mask[:, 1:].cpu()
         return out
 
     def train_step(self, batch: TrainBatch) -> dict[str, float]:
@@ -288,12 +307,13 @@ class Learner:
             raise ValueError(f"importance_weights={cfg.importance_weights!r} needs batch.proximal_logprobs: "
                              "score the batch with Learner.proximal_logprobs before its first update")
         self.engine.train()
-        rows = self._shard(len(batch))
-        local = [r for r in rows if r is not None]
+        local = self._shard(len(batch))
         # Micro-batches of similar lengths pad less (each is cut to its longest row); the loss is
-        # aggregated over the whole batch, so the grouping does not change the update.
-        lengths = batch.attention_mask.sum(1)
-        rows = sorted(local, key=lambda r: -int(lengths[r])) + rows[len(local):]
+        # aggregated over the whole batch, so the grouping does not change the update. Every rank
+        # runs as many micro-batches as the busiest (ZeRO's reductions are collectives); the extra
+        # ones are a dummy row with an empty loss mask.
+        chunks = self._micro_batches(batch, local)
+        chunks += [[None]] * (self._max_over_ranks(len(chunks)) - len(chunks))
         mask_rows = batch.loss_mask[local, 1:] if local else torch.zeros(0, 1)
         local_counts = torch.tensor([float(mask_rows.sum()), float(loss_units(mask_rows, cfg.loss_agg))],
                                     dtype=torch.float64)
@@ -307,11 +327,10 @@ class Learner:
         # Sums over the batch: the loss (per unit), then token-weighted clipfrac, approx_kl, ratio,
         # kl_ref, entropy, importance weight.
         sums = torch.zeros(7, dtype=torch.float64)
-        chunks = [rows[i:i + cfg.micro_batch_size] for i in range(0, len(rows), cfg.micro_batch_size)]
         for i, chunk in enumerate(chunks):
             self.engine.set_gradient_accumulation_boundary(i == len(chunks) - 1)
             mb = self._micro_batch(batch, chunk)
-            logits = self._next_token_logits(mb)
+            logits = self._next_token_logits(self.engine, mb)
             targets, mask = mb.input_ids[:, 1:], mb.loss_mask[:, 1:]
             logprobs = token_logprobs(logits, targets)
             behavior = mb.old_logprobs[:, 1:]
@@ -326,8 +345,7 @@ class Learner:
             kl_ref = torch.zeros(())
             if self.ref_model is not None:
                 with torch.no_grad():
-                    ref_out = self.ref_model(input_ids=mb.input_ids, attention_mask=mb.attention_mask)
-                    ref_logprobs = token_logprobs(ref_out.logits[:, :-1] / cfg.temperature, targets)
+                    ref_logprobs = token_logprobs(self._next_token_logits(self.ref_model, mb), targets)
                 kl_ref = kl_k3(logprobs, ref_logprobs, mask)
                 loss = loss + cfg.kl_coef * kl_ref
             n_tokens, n_units = float(mask.sum()), float(loss_units(mask, cfg.loss_agg))

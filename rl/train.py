@@ -46,7 +46,8 @@ log = logging.getLogger(__name__)
 def learner_config(cfg: TurnRLConfig) -> LearnerConfig:
     a = cfg.algo
     return LearnerConfig(lr=a.lr, weight_decay=a.weight_decay, grad_clip=a.grad_clip,
-                         micro_batch_size=a.micro_batch_size, clip_eps=a.clip_eps, kl_coef=a.kl_coef,
+                         micro_batch_size=a.micro_batch_size, micro_batch_tokens=a.micro_batch_tokens,
+                         pack_sequences=a.pack_sequences, clip_eps=a.clip_eps, kl_coef=a.kl_coef,
                          zero_stage=a.zero_stage, seed=cfg.train.seed, dtype=cfg.model.dtype,
                          temperature=cfg.rollout.temperature, loss_agg=a.loss_agg,
                          loss_agg_norm_length=a.loss_agg_norm_length or cfg.rollout.max_total_tokens,

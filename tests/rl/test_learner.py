@@ -144,8 +144,11 @@ def test_micro_batching_gives_the_same_update_as_one_big_batch(qwen2_dir, loss_a
     # Unequal lengths: a per-micro-batch token-mean would weight these rows differently.
     batch = on_policy_batch(qwen2_dir, [1.0, -0.5, 2.0, -1.0, 0.3], [16, 6, 11, 4, 9])
     results = []
-    for micro in (1, 2, 5):
-        learner = Learner(qwen2_dir, dataclasses.replace(cfg, micro_batch_size=micro))
+    # Row-count micro-batches, token-budget ones (padded and packed: rl/packing.py), one packed row.
+    for cut in ({"micro_batch_size": 1}, {"micro_batch_size": 2}, {"micro_batch_size": 5},
+                {"micro_batch_tokens": 20}, {"micro_batch_tokens": 20, "pack_sequences": True},
+                {"micro_batch_size": 5, "pack_sequences": True}):
+        learner = Learner(qwen2_dir, dataclasses.replace(cfg, **cut))
         metrics = [learner.train_step(batch) for _ in range(2)]
         results.append((weights(learner), metrics))
     (w_ref, m_ref), *others = results
@@ -185,9 +188,11 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow
-def test_two_rank_zero2_matches_one_rank_and_resumes(qwen2_dir, tmp_path):
-    cfg = LearnerConfig(lr=0.5, adam_eps=1.0, grad_clip=1.0, micro_batch_size=2, zero_stage=2)
-    # 5 sequences: rank 1 gets a padding row, so both ranks still run the same number of backwards.
+@pytest.mark.parametrize("cut", [{"micro_batch_size": 2}, {"micro_batch_tokens": 20, "pack_sequences": True}])
+def test_two_rank_zero2_matches_one_rank_and_resumes(qwen2_dir, tmp_path, cut):
+    cfg = LearnerConfig(lr=0.5, adam_eps=1.0, grad_clip=1.0, zero_stage=2, **cut)
+    # 5 sequences, 3 on rank 0 and 2 on rank 1: both ranks must still run the same number of
+    # backwards (rank 1 adds a dummy micro-batch; with the token budget rank 0 has 2, rank 1 one).
     batch = on_policy_batch(qwen2_dir, [1.0, -0.5, 2.0, -1.0, 0.3], [16, 6, 11, 4, 9])
     torch.save(dataclasses.asdict(batch), tmp_path / "batch.pt")
 
