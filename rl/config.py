@@ -169,6 +169,11 @@ class TrainConfig:
     max_staleness: int = 0
     # Deadline of every wait between rollout and learner (scored groups, admission slots).
     wait_timeout_s: float = 1800.0
+    # DeepSpeed ranks of the learner: this process is rank 0, the others start as Ray actors with
+    # these resources. Under torchrun leave it at 1: the launcher makes the ranks.
+    learner_ranks: int = 1
+    cpus_per_learner_rank: float = 1.0
+    gpus_per_learner_rank: float = 0.0
 
 
 @dataclass
@@ -232,6 +237,11 @@ def validate(cfg: TurnRLConfig) -> None:
     if cfg.rollout.num_workers > 1 and not cfg.ray.enabled:
         raise ConfigError(f"rollout.num_workers={cfg.rollout.num_workers} needs ray.enabled=true (without Ray the "
                           "one rollout worker runs in the trainer's process)")
+    if cfg.train.learner_ranks < 1:
+        raise ConfigError(f"train.learner_ranks={cfg.train.learner_ranks} must be >= 1")
+    if cfg.train.learner_ranks > 1 and not cfg.ray.enabled:
+        raise ConfigError(f"train.learner_ranks={cfg.train.learner_ranks} starts ranks as Ray actors: it needs "
+                          "ray.enabled=true (or launch the ranks with torchrun)")
     if cfg.logger.wandb_mode not in _WANDB_MODES:
         raise ConfigError(f"logger.wandb_mode={cfg.logger.wandb_mode!r} must be one of {_WANDB_MODES}")
     from rl.advantages import ADVANTAGE_ESTIMATORS

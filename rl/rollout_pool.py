@@ -353,9 +353,8 @@ class RolloutPool:
             ray.kill(slot.actor, no_restart=True)
 
 
-async def start_rollout(cfg: TurnRLConfig) -> tuple[RolloutPool | LocalRollout, bool]:
-    """The configured rollout, and whether Ray was started here (so the caller shuts it down)."""
+async def start_rollout(cfg: TurnRLConfig) -> RolloutPool | LocalRollout:
+    """The configured rollout: Ray actors (Ray must be running: `start_ray`) or one in-process worker."""
     if not cfg.ray.enabled:
-        return LocalRollout(make_rollout_worker(cfg)), False
-    started = start_ray(cfg)
-    return await RolloutPool.start(cfg), started
+        return LocalRollout(make_rollout_worker(cfg))
+    return await RolloutPool.start(cfg)

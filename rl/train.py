@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -33,10 +34,10 @@ from rl.config import TurnRLConfig
 from rl.critic import Critic, CriticConfig
 from rl.evaluate import EvalResult, evaluate
 from rl.learner import Learner, LearnerConfig, make_train_batch, split_mini_batches
-from rl.learner_ranks import announce, follow_rank0
+from rl.learner_ranks import announce, finish_learner_ranks, follow_rank0, start_learner_ranks, stop_learner_ranks
 from rl.metrics import MetricsSink
 from rl.report import write_report
-from rl.rollout_pool import RolloutStats, start_rollout
+from rl.rollout_pool import RolloutStats, start_ray, start_rollout
 from rollout.engines.base import SamplingConfig
 from rollout.types import Trajectory
 
@@ -157,12 +158,10 @@ async def generate_groups(buffer: GroupBuffer, rollout, sampler: UniformTaskSamp
         await asyncio.gather(*running, return_exceptions=True)
 
 
-async def train_async(cfg: TurnRLConfig) -> dict:
-    out_dir = Path(cfg.train.out_dir)
-    ckpt_root = out_dir / "checkpoints"
+def build_learners(cfg: TurnRLConfig) -> tuple[Learner, Critic | None, int, dict]:
+    """The policy learner (and PPO's critic), resumed from `train.resume` if set: (learner, critic,
+    the step to start at, the checkpoint's extra state). Joins the learner's process group."""
     resume_dir = _resolve_resume(cfg.train.resume)
-    torch.manual_seed(cfg.train.seed)
-
     learner = Learner(cfg.model.path, learner_config(cfg))
     critic = None
     if cfg.algo.name == "ppo":
@@ -173,25 +172,60 @@ async def train_async(cfg: TurnRLConfig) -> dict:
     start_step, extra = 0, {}
     if resume_dir is not None:
         start_step, extra = load_checkpoint(resume_dir, learner)
-        log.info("resumed from %s at step %d", resume_dir, start_step)
+        log.info("rank %d resumed from %s at step %d", learner.rank, resume_dir, start_step)
+    return learner, critic, start_step, extra
+
+
+def run_learner_rank(cfg: TurnRLConfig) -> dict:
+    """A learner rank other than 0 (a torchrun process or a Ray actor): mirror rank 0's learner calls
+    (rl/learner_ranks.py) until it stops."""
+    torch.manual_seed(cfg.train.seed)
+    learner, critic, _, _ = build_learners(cfg)
+    out_dir = Path(cfg.train.out_dir)
+    config_dict = OmegaConf.to_container(OmegaConf.structured(cfg))
+    follow_rank0({
+        "update": lambda *args: policy_update(learner, critic, cfg, *args),
+        "weights": learner.state_dict_for_inference,
+        "save": lambda step, extra: save_checkpoint(out_dir / "checkpoints", learner, step, config=config_dict,
+                                                    extra=extra),
+        "save_final": lambda: learner.save_pretrained(out_dir / "final_model"),
+    })
+    return {}
+
+
+async def train_async(cfg: TurnRLConfig) -> dict:
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun
+        return run_learner_rank(cfg)
+    started_ray = cfg.ray.enabled and start_ray(cfg)
+    learner_ranks = []
+    try:
+        learner_ranks = start_learner_ranks(cfg) if cfg.train.learner_ranks > 1 else []
+        summary = await _train_rank0(cfg)
+        await finish_learner_ranks(learner_ranks)
+        return summary
+    finally:
+        stop_learner_ranks(learner_ranks)
+        if started_ray:
+            import ray
+
+            ray.shutdown()
+
+
+async def _train_rank0(cfg: TurnRLConfig) -> dict:
+    out_dir = Path(cfg.train.out_dir)
+    ckpt_root = out_dir / "checkpoints"
+    torch.manual_seed(cfg.train.seed)
+    learner, critic, start_step, extra = build_learners(cfg)
     config_dict = OmegaConf.to_container(OmegaConf.structured(cfg))
     tokenizer = AutoTokenizer.from_pretrained(cfg.model.path)
     ranks = learner.world_size
-    if learner.rank != 0:  # under torchrun: mirror rank 0's learner calls (rl/learner_ranks.py)
-        follow_rank0({
-            "update": lambda *args: policy_update(learner, critic, cfg, *args),
-            "weights": learner.state_dict_for_inference,
-            "save": lambda step, extra: save_checkpoint(ckpt_root, learner, step, config=config_dict, extra=extra),
-            "save_final": lambda: learner.save_pretrained(out_dir / "final_model"),
-        })
-        return {}
 
     def weights_for_rollout() -> dict[str, torch.Tensor]:
         if cfg.algo.zero_stage == 3:
             announce(ranks, "weights")  # ZeRO-3 gathers the shards: every rank takes part
         return learner.state_dict_for_inference()
 
-    rollout, started_ray = await start_rollout(cfg)
+    rollout = await start_rollout(cfg)
     if start_step > 0:
         await rollout.update_weights(weights_for_rollout(), version=start_step)
     sink = MetricsSink(out_dir, config_dict, cfg.logger.wandb_mode, cfg.logger.project, cfg.logger.run_name,
@@ -323,10 +357,6 @@ async def train_async(cfg: TurnRLConfig) -> dict:
             await asyncio.gather(producer, return_exceptions=True)
         sink.close()
         await rollout.shutdown()
-        if started_ray:
-            import ray
-
-            ray.shutdown()
 
 
 def _workers_summary(stats: RolloutStats) -> dict:
