@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
-from rollout.types import Trajectory
+from rollout.types import Task, Trajectory
 
 
 @dataclass
@@ -30,7 +30,9 @@ class ScoredGroup:
 
     index: int  # the sample id: the n-th group started in this run
     trajectories: list[Trajectory]
-    rewards: list[float]
+    rewards: list[float]  # each trajectory's return (outcome plus per-turn rewards)
+    task: Task | None = None
+    reward_metrics: dict[str, float] = field(default_factory=dict)
 
     @property
     def oldest_version(self) -> int:

@@ -27,6 +27,8 @@ Examples:
   turnrl train algo=ppo                  # PPO with a critic and GAE
   turnrl train train.resume=runs/turnrl-kbsearch/checkpoints
   turnrl eval model.path=runs/turnrl-kbsearch/final_model
+  turnrl orm train orm.data=[runs/turnrl-kbsearch/trajectories.jsonl]   # outcome reward model
+  turnrl train reward.verifier=0 reward.orm=1   # train on the ORM's judgement alone (WebRL)
   turnrl train --print-config            # show the resolved config and exit
 """
 
@@ -100,11 +102,30 @@ def cmd_eval(cfg: TurnRLConfig) -> None:
     asyncio.run(run())
 
 
+def cmd_orm_train(cfg: TurnRLConfig) -> None:
+    from rl.orm_training import train_orm
+
+    metrics = train_orm(cfg.orm)
+    if os.environ.get("RANK", "0") == "0":
+        print(json.dumps({"orm": cfg.orm.path, **metrics}, indent=2))
+
+
+def cmd_orm_eval(cfg: TurnRLConfig) -> None:
+    from rl.orm_training import eval_orm
+
+    print(json.dumps(eval_orm(cfg.orm), indent=2))
+
+
 def _require_model(path: str) -> None:
     if not Path(path, "config.json").exists():
         raise SystemExit(f"no model at model.path={path}: run `turnrl model init && turnrl sft` for the tiny "
                          "default, or point model.path at a Hugging Face model directory")
 
+
+ORM_COMMANDS = {
+    "train": (cmd_orm_train, "train the ORM on trajectory stores (orm.data), labelled by the verifier"),
+    "eval": (cmd_orm_eval, "accuracy, AUC and calibration of the ORM (orm.path) on trajectory stores"),
+}
 
 COMMANDS = {
     "sft": (cmd_sft, "train the base model on expert demonstrations (writes model.path)"),
@@ -132,6 +153,13 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--print-config", action="store_true")
     for name, (_, help_text) in COMMANDS.items():
         add(name, help_text)
+    orm = sub.add_parser("orm", help="the outcome reward model: train on stored trajectories, evaluate")
+    orm_sub = orm.add_subparsers(dest="orm_command", required=True)
+    for name, (_, help_text) in ORM_COMMANDS.items():
+        p = orm_sub.add_parser(name, help=help_text, description=help_text, epilog=EPILOG,
+                               formatter_class=argparse.RawDescriptionHelpFormatter)
+        p.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. orm.data=[runs/x/trajectories.jsonl]")
+        p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     return parser
 
 
@@ -148,7 +176,12 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "train" and os.environ.get("RANK", "0") == "0":
         _setup_logging(Path(cfg.train.out_dir) / "train.log")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    handler = cmd_model_init if args.command == "model" else COMMANDS[args.command][0]
+    if args.command == "model":
+        handler = cmd_model_init
+    elif args.command == "orm":
+        handler = ORM_COMMANDS[args.orm_command][0]
+    else:
+        handler = COMMANDS[args.command][0]
     handler(cfg)
 
 

@@ -139,11 +139,48 @@ class SFTConfig:
 
 
 @dataclass
+class RewardConfig:
+    # The weight of each term in the reward (rewards/base.py; 0: not computed): the environment's
+    # verifier; format, -1 per failed tool call (on its turn); length, DAPO's soft over-length
+    # penalty; orm, the outcome reward model at orm.path.
+    verifier: float = 1.0
+    format: float = 0.0
+    length: float = 0.0
+    orm: float = 0.0
+    length_soft_tokens: int = 0  # 0: 3/4 of rollout.max_total_tokens (the penalty reaches -1 at the max)
+    # Terms holding a model (orm) run in their own Ray actor (rl/reward_worker.py) when Ray is on.
+    cpus_per_worker: float = 1.0
+    timeout_s: float = 600.0  # deadline of one group's scoring
+    max_worker_restarts: int = 3
+
+
+@dataclass
+class OrmConfig:
+    # `turnrl orm train|eval`: trajectory stores (a run's trajectories.jsonl) to train and judge on.
+    data: list[str] = field(default_factory=list)
+    eval_data: list[str] = field(default_factory=list)  # empty: hold out eval_fraction of data's tasks
+    eval_fraction: float = 0.2
+    sources: list[str] = field(default_factory=lambda: ["train"])  # record sources used (train, eval)
+    label_key: str = "success"  # the verifier's outcome, or any boolean column of the records
+    input: str = "webrl"  # webrl (instruction, actions, final observation) | full (the whole trajectory)
+    base_path: str = "${model.path}"  # the model the ORM starts from
+    path: str = "${cache_dir}/models/orm"  # where it is written, and read by reward.terms.orm
+    epochs: int = 3
+    lr: float = 1e-4
+    batch_size: int = 16
+    max_length: int = 1024
+    zero_stage: int = 2
+    seed: int = 0
+    threshold: float = 0.5  # in training runs: reward 1 if P(success) >= threshold (WebRL); < 0: P itself
+
+
+@dataclass
 class LoggerConfig:
     wandb_mode: str = "auto"  # auto (online when logged in, else offline) | online | offline | disabled
     project: str = "turnrl"
     run_name: str = ""
     log_samples_every: int = 5  # steps between wandb tables of sample trajectories
+    save_trajectories: bool = True  # every trained and evaluated episode to <out_dir>/trajectories.jsonl
 
 
 @dataclass
@@ -185,6 +222,8 @@ class TurnRLConfig:
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     algo: AlgoConfig = field(default_factory=AlgoConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    orm: OrmConfig = field(default_factory=OrmConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -237,6 +276,12 @@ def validate(cfg: TurnRLConfig) -> None:
     if cfg.rollout.num_workers > 1 and not cfg.ray.enabled:
         raise ConfigError(f"rollout.num_workers={cfg.rollout.num_workers} needs ray.enabled=true (without Ray the "
                           "one rollout worker runs in the trainer's process)")
+    from rewards.orm import ORM_INPUTS
+
+    if not reward_terms(cfg):
+        raise ConfigError("every reward term has weight 0: set e.g. reward.verifier=1.0 or reward.orm=1.0")
+    if cfg.orm.input not in ORM_INPUTS:
+        raise ConfigError(f"orm.input={cfg.orm.input!r} must be one of {ORM_INPUTS}")
     if cfg.train.learner_ranks < 1:
         raise ConfigError(f"train.learner_ranks={cfg.train.learner_ranks} must be >= 1")
     if cfg.train.learner_ranks > 1 and not cfg.ray.enabled:
@@ -280,6 +325,14 @@ def validate(cfg: TurnRLConfig) -> None:
                           "of algo.micro_batch_size sequences)")
     if cfg.algo.zero_stage not in (0, 1, 2, 3):
         raise ConfigError(f"algo.zero_stage={cfg.algo.zero_stage} must be 0, 1, 2 or 3")
+
+
+REWARD_TERMS = ("verifier", "format", "length", "orm")  # the weight fields of RewardConfig
+
+
+def reward_terms(cfg: TurnRLConfig) -> dict[str, float]:
+    """The reward terms with a non-zero weight, and their weights."""
+    return {name: getattr(cfg.reward, name) for name in REWARD_TERMS if getattr(cfg.reward, name)}
 
 
 def to_yaml(cfg: TurnRLConfig) -> str:

@@ -1,10 +1,13 @@
-"""Build the configured inference engine, and a rollout worker around it, for a model directory."""
+"""Build the configured components: the inference engine, a rollout worker around it, the reward."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from transformers import AutoTokenizer
 
-from rl.config import TurnRLConfig
+from rewards.base import FormatPenalty, LengthPenalty, Reward, VerifierReward, WeightedSum
+from rl.config import TurnRLConfig, reward_terms
 from rollout.agent_loop import EpisodeLimits
 from rollout.chat import ChatFormat
 from rollout.engines.base import Engine
@@ -45,3 +48,40 @@ def make_rollout_worker(cfg: TurnRLConfig, index: int = 0, node_id: str = "") ->
     chat = ChatFormat(AutoTokenizer.from_pretrained(cfg.model.path), get_env(cfg.env.name).tools)
     return RolloutWorker(make_engine(cfg, cfg.model.path), chat, episode_limits(cfg), cfg.rollout.tool_threads,
                          index, node_id)
+
+
+def _orm_term(cfg: TurnRLConfig) -> Reward:
+    from rewards.orm import OrmReward, OrmScorer
+
+    scorer = OrmScorer(cfg.orm.path, cfg.orm.max_length, cfg.orm.batch_size)
+    return OrmReward(scorer, AutoTokenizer.from_pretrained(cfg.model.path), cfg.orm.input,
+                     None if cfg.orm.threshold < 0 else cfg.orm.threshold)
+
+
+REWARD_TERM_BUILDERS = {
+    "verifier": lambda cfg: VerifierReward(),
+    "format": lambda cfg: FormatPenalty(),
+    "length": lambda cfg: LengthPenalty(cfg.reward.length_soft_tokens or 3 * cfg.rollout.max_total_tokens // 4,
+                                        cfg.rollout.max_total_tokens),
+    "orm": _orm_term,
+}
+MODEL_TERMS = ("orm",)  # hold a model: served by a Ray reward worker when Ray is on
+
+
+def make_reward_term(name: str, cfg: TurnRLConfig) -> Reward:
+    return REWARD_TERM_BUILDERS[name](cfg)
+
+
+def make_reward(cfg: TurnRLConfig) -> WeightedSum:
+    """The reward terms of non-zero weight as one weighted sum (model-holding terms in Ray reward
+    workers when Ray is on)."""
+    from rl.reward_worker import RemoteReward
+
+    if cfg.reward.orm and not Path(cfg.orm.path, "config.json").exists():
+        raise FileNotFoundError(f"reward.orm={cfg.reward.orm} but there is no ORM at orm.path={cfg.orm.path}: train "
+                                "one with `turnrl orm train orm.data=[runs/<run>/trajectories.jsonl]`")
+    terms = {}
+    for name, weight in reward_terms(cfg).items():
+        remote = name in MODEL_TERMS and cfg.ray.enabled
+        terms[name] = (RemoteReward(cfg, name) if remote else make_reward_term(name, cfg), weight)
+    return WeightedSum(terms)

@@ -26,12 +26,13 @@ from tqdm import tqdm
 from transformers import AutoTokenizer
 
 from curricula.tasks import UniformTaskSampler, heldout_tasks
-from rewards.outcome import outcome_rewards
+from rewards.base import Reward
 from rl.advantages import compute_advantages, gae_advantages, outcome_token_rewards, varied_groups, whiten
 from rl.buffer import GroupBuffer, ScoredGroup
 from rl.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
 from rl.config import TurnRLConfig
 from rl.critic import Critic, CriticConfig
+from rl.engines import make_reward
 from rl.evaluate import EvalResult, evaluate
 from rl.learner import Learner, LearnerConfig, make_train_batch, split_mini_batches
 from rl.learner_ranks import announce, finish_learner_ranks, follow_rank0, start_learner_ranks, stop_learner_ranks
@@ -39,7 +40,8 @@ from rl.metrics import MetricsSink
 from rl.report import write_report
 from rl.rollout_pool import RolloutStats, start_ray, start_rollout
 from rollout.engines.base import SamplingConfig
-from rollout.types import Trajectory
+from rollout.store import TrajectoryStore, trajectory_record
+from rollout.types import Task, Trajectory
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +104,12 @@ def policy_update(learner: Learner, critic: Critic | None, cfg: TurnRLConfig, tr
     if critic is not None:  # PPO: per-token GAE advantages over the critic's values
         batch = make_train_batch(trajs, torch.zeros(len(trajs)), pad_id)
         values = critic.values(batch)
-        token_rewards = outcome_token_rewards(rewards, batch.loss_mask)
+        turn_sums = torch.tensor([sum(tu.reward for tu in t.turns) for t in trajs])
+        token_rewards = outcome_token_rewards(rewards - turn_sums, batch.loss_mask)
+        for i, traj in enumerate(trajs):  # per-turn rewards on each turn's last generated token
+            for turn in traj.turns:
+                if turn.reward and turn.action_end > turn.action_start:
+                    token_rewards[i, turn.action_end - 1] += turn.reward
         advantages, returns = gae_advantages(token_rewards, values, batch.loss_mask, cfg.algo.gamma, cfg.algo.lam)
         batch.advantages = whiten(advantages, batch.loss_mask)
         metrics |= {f"train/{k}": v for k, v in critic.train_step(batch, returns, values).items()}
@@ -124,8 +131,8 @@ def policy_update(learner: Learner, critic: Critic | None, cfg: TurnRLConfig, tr
     return metrics | {"train/optimizer_steps": learner.step}
 
 
-async def generate_groups(buffer: GroupBuffer, rollout, sampler: UniformTaskSampler, sampling: SamplingConfig,
-                          group_size: int, seed: int) -> None:
+async def generate_groups(buffer: GroupBuffer, rollout, reward: Reward, sampler: UniformTaskSampler,
+                          sampling: SamplingConfig, group_size: int, seed: int) -> None:
     """The rollout side, run as a task beside the learner: start a group whenever the buffer admits
     one; each group's episodes run concurrently and, scored, go into the buffer. Runs until cancelled."""
     running: set[asyncio.Task] = set()
@@ -134,7 +141,13 @@ async def generate_groups(buffer: GroupBuffer, rollout, sampler: UniformTaskSamp
         try:
             group_sampling = replace(sampling, seed=seed * 1_000_003 + index * 4099)
             trajs = await rollout.run_episodes([task] * group_size, group_sampling, [str(index)] * group_size)
-            await buffer.put(ScoredGroup(index, trajs, outcome_rewards(trajs)))
+            scored = await reward(task, trajs)  # overlaps other groups' generation
+            totals = scored.totals()
+            for i, traj in enumerate(trajs):
+                traj.reward = totals[i]
+                for turn, value in zip(traj.turns, scored.turn[i] if scored.turn else [], strict=False):
+                    turn.reward = value
+            await buffer.put(ScoredGroup(index, trajs, totals, task, scored.metrics))
         except asyncio.CancelledError:
             buffer.abandon()
             raise
@@ -228,6 +241,15 @@ async def _train_rank0(cfg: TurnRLConfig) -> dict:
     rollout = await start_rollout(cfg)
     if start_step > 0:
         await rollout.update_weights(weights_for_rollout(), version=start_step)
+    reward = make_reward(cfg)
+    store = None
+    if cfg.logger.save_trajectories:
+        store = TrajectoryStore(out_dir / "trajectories.jsonl", resume_step=start_step if start_step else None)
+
+    def save_trajectories(trajs: list[Trajectory], tasks: list[Task], step: int, source: str) -> None:
+        if store is not None:
+            store.write(trajectory_record(t, task, tokenizer, step, source) for t, task in zip(trajs, tasks,
+                                                                                               strict=True))
     sink = MetricsSink(out_dir, config_dict, cfg.logger.wandb_mode, cfg.logger.project, cfg.logger.run_name,
                        resume_step=start_step)
     heldout = heldout_tasks(cfg.env.name, cfg.env.eval_difficulties, cfg.env.eval_tasks_per_difficulty,
@@ -246,13 +268,14 @@ async def _train_rank0(cfg: TurnRLConfig) -> dict:
         if "eval_sft" in extra:
             sft_eval = EvalResult(**extra["eval_sft"])
         else:
-            sft_eval, _ = await evaluate(rollout, heldout, desc="eval (SFT policy)")
+            sft_eval, sft_trajs = await evaluate(rollout, heldout, desc="eval (SFT policy)")
+            save_trajectories(sft_trajs, heldout, start_step, "eval")
             log.info("held-out success of the starting policy: %.3f %s", sft_eval.success,
                      sft_eval.success_by_difficulty)
         sink.log({**sft_eval.metrics("eval/"), "eval/success_sft": sft_eval.success}, step=start_step)
 
         sampling = SamplingConfig(temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p)
-        producer = asyncio.create_task(generate_groups(buffer, rollout, sampler, sampling, cfg.algo.group_size,
+        producer = asyncio.create_task(generate_groups(buffer, rollout, reward, sampler, sampling, cfg.algo.group_size,
                                                        cfg.train.seed))
         bar = tqdm(range(start_step, cfg.train.steps), desc="train", unit="step", initial=start_step,
                    total=cfg.train.steps)
@@ -263,6 +286,7 @@ async def _train_rank0(cfg: TurnRLConfig) -> dict:
             trajs = [t for g in groups for t in g.trajectories]
             group_ids = [str(g.index) for g in groups for _ in g.trajectories]
             rewards = torch.tensor([r for g in groups for r in g.rewards])
+            tasks = [g.task for g in groups for _ in g.trajectories]
 
             # The learner runs in a thread: the event loop keeps generating meanwhile (max_staleness > 0).
             t1 = time.perf_counter()
@@ -280,6 +304,7 @@ async def _train_rank0(cfg: TurnRLConfig) -> dict:
             step_s = time.perf_counter() - t0
             metrics = {
                 **rollout_metrics(trajs),
+                **{f"reward/{k}": v for k, v in _means([g.reward_metrics for g in groups]).items()},
                 **train_metrics,
                 "rollout/staleness_mean": sum(stats.staleness) / len(stats.staleness),
                 "rollout/staleness_max": max(stats.staleness),
@@ -300,6 +325,7 @@ async def _train_rank0(cfg: TurnRLConfig) -> dict:
                 mid_eval, _ = await evaluate(rollout, heldout, desc=f"eval step {step + 1}")
                 metrics.update(mid_eval.metrics("eval/"))
             sink.log(metrics, step=step + 1)
+            await asyncio.to_thread(save_trajectories, trajs, tasks, step + 1, "train")
             bar.set_postfix(success=f"{metrics['rollout/success_rate']:.2f}", stale=max(stats.staleness),
                             ready=stats.ready)
             log.info("step %d: success %.3f reward %.3f loss %.4f staleness %d wait %.2fs sync %.2fs", step + 1,
@@ -319,6 +345,7 @@ async def _train_rank0(cfg: TurnRLConfig) -> dict:
         await asyncio.gather(producer, return_exceptions=True)
 
         final_eval, final_trajs = await evaluate(rollout, heldout, desc="eval (final policy)")
+        save_trajectories(final_trajs, heldout, cfg.train.steps, "eval")
         sink.log({**final_eval.metrics("eval/"), "eval/success_final": final_eval.success}, step=cfg.train.steps)
         sink.log_table("eval/samples", *sample_table(final_trajs, tokenizer), step=cfg.train.steps)
         announce(ranks, "save_final")
@@ -357,6 +384,11 @@ async def _train_rank0(cfg: TurnRLConfig) -> dict:
             await asyncio.gather(producer, return_exceptions=True)
         sink.close()
         await rollout.shutdown()
+
+
+def _means(rows: list[dict[str, float]]) -> dict[str, float]:
+    keys = {k for row in rows for k in row}
+    return {k: sum(row[k] for row in rows if k in row) / sum(k in row for row in rows) for k in keys}
 
 
 def _workers_summary(stats: RolloutStats) -> dict:

@@ -1,3 +1,4 @@
+import random
 from pathlib import Path
 
 import pytest
@@ -27,3 +28,27 @@ def ray_local():
              configure_logging=False)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def synthetic_store():
+    """Write `n` kbsearch-like trajectory records (rollout/store.py) to a JSONL store: about 40%
+    successful, and the final observation says whether the answer was right, as kbsearch's does."""
+    from rollout.store import TrajectoryStore
+
+    def write(path: Path, n: int, seed: int, step: int) -> Path:
+        rng = random.Random(seed)
+        records = []
+        for i in range(n):
+            success = rng.random() < 0.4
+            city = rng.choice(["Lyon", "Oslo", "Lima", "Kyiv"])
+            final = "Correct answer." if success else "Wrong answer."
+            records.append({"source": "train", "step": step, "success": success,
+                            "task": {"id": f"task-{seed}-{i}", "instruction": f"Where was person {i} born?"},
+                            "turns": [{"action": f"open(person {i})", "observation": f"born in {city}"},
+                                      {"action": f"answer({city})", "observation": final}],
+                            "text": f"... {final}"})
+        TrajectoryStore(path, resume_step=10**9).write(records)
+        return path
+
+    return write

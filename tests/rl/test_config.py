@@ -43,6 +43,13 @@ def test_algo_groups_select_estimator_and_loss_aggregation(group, name, loss_agg
         ("algo.is_cap=0.5", "algo.is_cap"),
         ("algo.refill_uniform_groups=true", "algo.refill_uniform_groups"),
         ("train.max_staleness=-1", "train.max_staleness"),
+        ("rollout.weight_sync=nccl", "rollout.weight_sync"),
+        ("rollout.num_workers=0", "rollout.num_workers"),
+        ("train.learner_ranks=0", "train.learner_ranks"),
+        ("algo.micro_batch_tokens=-1", "algo.micro_batch_tokens"),
+        ("reward.verifier=0", "every reward term has weight 0"),
+        ("reward.judge=1", "judge"),
+        ("orm.input=xml", "orm.input"),
     ],
 )
 def test_bad_keys_and_values_fail_naming_the_key(override, names):
@@ -63,3 +70,17 @@ def test_cli_prints_the_resolved_config(capsys):
 def test_cache_dir_follows_the_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("TURNRL_CACHE", str(tmp_path))
     assert load_config().model.path == f"{tmp_path}/models/tiny-sft"
+
+
+def test_more_than_one_rollout_worker_or_learner_rank_needs_ray():
+    with pytest.raises(ConfigError, match="rollout.num_workers=2 needs ray.enabled=true"):
+        load_config(["rollout.num_workers=2", "ray.enabled=false"])
+    with pytest.raises(ConfigError, match="train.learner_ranks=2"):
+        load_config(["train.learner_ranks=2", "ray.enabled=false"])
+
+
+def test_every_reward_weight_has_a_builder():
+    from rl.config import REWARD_TERMS
+    from rl.engines import REWARD_TERM_BUILDERS
+
+    assert set(REWARD_TERMS) == set(REWARD_TERM_BUILDERS)

@@ -127,3 +127,47 @@ def test_a_killed_rollout_worker_is_replaced_and_the_run_completes_with_every_gr
     steps = [json.loads(line) for line in metrics.read_text().splitlines() if '"train/loss"' in line]
     assert [r["step"] for r in steps] == list(range(1, 7))
     assert steps[-1]["rollout/worker_restarts"] == 1
+
+
+def test_an_orm_only_run_scores_in_a_reward_worker_that_is_replaced_when_killed(tiny_model_dir, tmp_path,
+                                                                                   ray_local, synthetic_store):
+    """reward.verifier=0 reward.orm=1: the ORM (served by a Ray reward worker) is the only reward; the
+    worker is SIGKILLed after the first step and replaced; every episode lands in the trajectory store."""
+    from rl.orm_training import train_orm
+    from tests.rl.test_orm_training import synthetic_store
+
+    store = synthetic_store(tmp_path / "store.jsonl", 64, seed=0, step=1)
+    orm_cfg = load_config([f"model.path={tiny_model_dir}", f"orm.data=[{store}]", f"orm.path={tmp_path}/orm",
+                           "orm.epochs=1", "orm.batch_size=16", "orm.eval_fraction=0"])
+    train_orm(orm_cfg.orm)
+    cfg = _cfg(tiny_model_dir, tmp_path, "reward.verifier=0", "reward.orm=1", f"orm.path={tmp_path}/orm",
+               "orm.threshold=-1", "train.steps=4")
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    killed: list[int] = []
+
+    def kill_the_reward_worker_after_the_first_step():
+        deadline = time.monotonic() + 600
+        while not (metrics.exists() and '"train/loss"' in metrics.read_text()) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        for proc in psutil.Process().children(recursive=True):
+            try:
+                if "RewardActor" in " ".join(proc.cmdline()):
+                    os.kill(proc.pid, signal.SIGKILL)
+                    killed.append(proc.pid)
+            except psutil.NoSuchProcess:
+                pass
+
+    killer = threading.Thread(target=kill_the_reward_worker_after_the_first_step)
+    killer.start()
+    summary = train(cfg)
+    killer.join()
+    assert killed, "no reward worker process was found to kill"
+    steps = [json.loads(line) for line in metrics.read_text().splitlines() if '"train/loss"' in line]
+    assert [r["step"] for r in steps] == [1, 2, 3, 4]
+    assert all(0 < r["reward/orm/p_success"] < 1 and "reward/verifier/mean" not in r for r in steps)
+    assert steps[-1]["reward/orm/worker_restarts"] == 1
+    records = [json.loads(line) for line in (tmp_path / "run" / "trajectories.jsonl").read_text().splitlines()]
+    trained = [r for r in records if r["source"] == "train"]
+    assert len(trained) == 4 * cfg.algo.tasks_per_step * cfg.algo.group_size
+    assert {r["step"] for r in trained} == {1, 2, 3, 4}
+    assert sum(r["source"] == "eval" for r in records) == 2 * summary["eval/num_tasks"]  # before and after
