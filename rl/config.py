@@ -147,6 +147,7 @@ class RewardConfig:
     format: float = 0.0
     length: float = 0.0
     orm: float = 0.0
+    judge: float = 0.0  # an LLM judge (judge.*)
     length_soft_tokens: int = 0  # 0: 3/4 of rollout.max_total_tokens (the penalty reaches -1 at the max)
     # Terms holding a model (orm) run in their own Ray actor (rl/reward_worker.py) when Ray is on.
     cpus_per_worker: float = 1.0
@@ -172,6 +173,26 @@ class OrmConfig:
     zero_stage: int = 2
     seed: int = 0
     threshold: float = 0.5  # in training runs: reward 1 if P(success) >= threshold (WebRL); < 0: P itself
+
+
+@dataclass
+class JudgeConfig:
+    # The judge of reward.judge (rewards/judge.py): an OpenAI-compatible endpoint, e.g.
+    # http://127.0.0.1:8000/v1 (`vllm serve`), or, without one, a local engine serving model_path.
+    base_url: str = ""
+    model: str = ""  # the model name the endpoint serves
+    api_key_env: str = "OPENAI_API_KEY"  # the environment variable holding the endpoint's key, if any
+    model_path: str = ""
+    rubric: str = ""  # a Jinja template file (task, trajectory, nonce, score_min, score_max); "": built in
+    score_min: float = 0.0
+    score_max: float = 10.0
+    samples: int = 1  # votes per trajectory, averaged
+    temperature: float = 0.0
+    max_tokens: int = 64
+    timeout_s: float = 60.0  # per call; failed calls are retried `retries` times with backoff
+    retries: int = 2
+    on_unparseable: str = "zero"  # zero: the vote counts 0 | retry: ask again (up to retries), then 0
+    cache_size: int = 100_000
 
 
 @dataclass
@@ -224,6 +245,7 @@ class TurnRLConfig:
     sft: SFTConfig = field(default_factory=SFTConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
     orm: OrmConfig = field(default_factory=OrmConfig)
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -280,6 +302,17 @@ def validate(cfg: TurnRLConfig) -> None:
 
     if not reward_terms(cfg):
         raise ConfigError("every reward term has weight 0: set e.g. reward.verifier=1.0 or reward.orm=1.0")
+    from rewards.judge import UNPARSEABLE_POLICIES
+
+    j = cfg.judge
+    if cfg.reward.judge and not (j.base_url or j.model_path):
+        raise ConfigError(f"reward.judge={cfg.reward.judge} needs judge.base_url (an OpenAI-compatible endpoint) or "
+                          "judge.model_path (a model for a local engine)")
+    if j.on_unparseable not in UNPARSEABLE_POLICIES:
+        raise ConfigError(f"judge.on_unparseable={j.on_unparseable!r} must be one of {UNPARSEABLE_POLICIES}")
+    if j.samples < 1 or j.score_max <= j.score_min:
+        raise ConfigError(f"judge.samples={j.samples} must be >= 1 and judge.score_max={j.score_max} > "
+                          f"judge.score_min={j.score_min}")
     if cfg.orm.input not in ORM_INPUTS:
         raise ConfigError(f"orm.input={cfg.orm.input!r} must be one of {ORM_INPUTS}")
     if cfg.train.learner_ranks < 1:
@@ -327,7 +360,7 @@ def validate(cfg: TurnRLConfig) -> None:
         raise ConfigError(f"algo.zero_stage={cfg.algo.zero_stage} must be 0, 1, 2 or 3")
 
 
-REWARD_TERMS = ("verifier", "format", "length", "orm")  # the weight fields of RewardConfig
+REWARD_TERMS = ("verifier", "format", "length", "orm", "judge")  # the weight fields of RewardConfig
 
 
 def reward_terms(cfg: TurnRLConfig) -> dict[str, float]:

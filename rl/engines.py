@@ -58,14 +58,28 @@ def _orm_term(cfg: TurnRLConfig) -> Reward:
                      None if cfg.orm.threshold < 0 else cfg.orm.threshold)
 
 
+def _judge_term(cfg: TurnRLConfig) -> Reward:
+    from rewards.judge import EngineJudge, HTTPJudge, JudgeReward, JudgeSettings, api_key, load_rubric
+
+    j = cfg.judge
+    if j.base_url:
+        client = HTTPJudge(j.base_url, j.model, api_key(j.api_key_env))
+    else:
+        client = EngineJudge(make_engine(cfg, j.model_path), AutoTokenizer.from_pretrained(j.model_path))
+    settings = JudgeSettings(j.score_min, j.score_max, j.samples, j.temperature, j.max_tokens, j.timeout_s,
+                             j.retries, j.on_unparseable, j.cache_size)
+    return JudgeReward(client, load_rubric(j.rubric), AutoTokenizer.from_pretrained(cfg.model.path), settings)
+
+
 REWARD_TERM_BUILDERS = {
     "verifier": lambda cfg: VerifierReward(),
     "format": lambda cfg: FormatPenalty(),
     "length": lambda cfg: LengthPenalty(cfg.reward.length_soft_tokens or 3 * cfg.rollout.max_total_tokens // 4,
                                         cfg.rollout.max_total_tokens),
     "orm": _orm_term,
+    "judge": _judge_term,
 }
-MODEL_TERMS = ("orm",)  # hold a model: served by a Ray reward worker when Ray is on
+MODEL_TERMS = ("orm", "judge")  # hold a model: served by a Ray reward worker when Ray is on
 
 
 def make_reward_term(name: str, cfg: TurnRLConfig) -> Reward:

@@ -48,7 +48,8 @@ def test_algo_groups_select_estimator_and_loss_aggregation(group, name, loss_agg
         ("train.learner_ranks=0", "train.learner_ranks"),
         ("algo.micro_batch_tokens=-1", "algo.micro_batch_tokens"),
         ("reward.verifier=0", "every reward term has weight 0"),
-        ("reward.judge=1", "judge"),
+        ("reward.judge=1", "judge.base_url"),
+        ("judge.on_unparseable=guess", "judge.on_unparseable"),
         ("orm.input=xml", "orm.input"),
     ],
 )
