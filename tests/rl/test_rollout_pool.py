@@ -134,7 +134,6 @@ def test_an_orm_only_run_scores_in_a_reward_worker_that_is_replaced_when_killed(
     """reward.verifier=0 reward.orm=1: the ORM (served by a Ray reward worker) is the only reward; the
     worker is SIGKILLed after the first step and replaced; every episode lands in the trajectory store."""
     from rl.orm_training import train_orm
-    from tests.rl.test_orm_training import synthetic_store
 
     store = synthetic_store(tmp_path / "store.jsonl", 64, seed=0, step=1)
     orm_cfg = load_config([f"model.path={tiny_model_dir}", f"orm.data=[{store}]", f"orm.path={tmp_path}/orm",
