@@ -58,12 +58,12 @@ UNPARSEABLE_POLICIES = ("zero", "retry")
 class JudgeSettings:
     score_min: float = 0.0
     score_max: float = 10.0
-    samples: int = 1
+    samples: int = 1  # votes per trajectory, averaged
     temperature: float = 0.0
     max_tokens: int = 64
-    timeout_s: float = 60.0
+    timeout_s: float = 60.0  # per call; failed calls are retried `retries` times with backoff
     retries: int = 2
-    on_unparseable: str = "zero"
+    on_unparseable: str = "zero"  # zero: the vote counts 0 | retry: ask again (up to retries), then 0
     cache_size: int = 100_000
 
 

@@ -16,6 +16,8 @@ from hydra.errors import HydraException
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from rewards.judge import JudgeSettings
+
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 
@@ -176,23 +178,15 @@ class OrmConfig:
 
 
 @dataclass
-class JudgeConfig:
+class JudgeConfig(JudgeSettings):
     # The judge of reward.judge (rewards/judge.py): an OpenAI-compatible endpoint, e.g.
     # http://127.0.0.1:8000/v1 (`vllm serve`), or, without one, a local engine serving model_path.
+    # Scoring, votes, retries and the unparseable policy: the fields of JudgeSettings.
     base_url: str = ""
     model: str = ""  # the model name the endpoint serves
     api_key_env: str = "OPENAI_API_KEY"  # the environment variable holding the endpoint's key, if any
     model_path: str = ""
     rubric: str = ""  # a Jinja template file (task, trajectory, nonce, score_min, score_max); "": built in
-    score_min: float = 0.0
-    score_max: float = 10.0
-    samples: int = 1  # votes per trajectory, averaged
-    temperature: float = 0.0
-    max_tokens: int = 64
-    timeout_s: float = 60.0  # per call; failed calls are retried `retries` times with backoff
-    retries: int = 2
-    on_unparseable: str = "zero"  # zero: the vote counts 0 | retry: ask again (up to retries), then 0
-    cache_size: int = 100_000
 
 
 @dataclass

@@ -59,16 +59,14 @@ def _orm_term(cfg: TurnRLConfig) -> Reward:
 
 
 def _judge_term(cfg: TurnRLConfig) -> Reward:
-    from rewards.judge import EngineJudge, HTTPJudge, JudgeReward, JudgeSettings, api_key, load_rubric
+    from rewards.judge import EngineJudge, HTTPJudge, JudgeReward, api_key, load_rubric
 
     j = cfg.judge
     if j.base_url:
         client = HTTPJudge(j.base_url, j.model, api_key(j.api_key_env))
     else:
         client = EngineJudge(make_engine(cfg, j.model_path), AutoTokenizer.from_pretrained(j.model_path))
-    settings = JudgeSettings(j.score_min, j.score_max, j.samples, j.temperature, j.max_tokens, j.timeout_s,
-                             j.retries, j.on_unparseable, j.cache_size)
-    return JudgeReward(client, load_rubric(j.rubric), AutoTokenizer.from_pretrained(cfg.model.path), settings)
+    return JudgeReward(client, load_rubric(j.rubric), AutoTokenizer.from_pretrained(cfg.model.path), j)
 
 
 REWARD_TERM_BUILDERS = {

@@ -6,6 +6,7 @@ import os
 import signal
 import threading
 import time
+from pathlib import Path
 
 import psutil
 import torch
@@ -85,15 +86,28 @@ def test_trajectories_carry_non_decreasing_versions_across_in_flight_updates(tin
     assert max(v for t in trajs for v in t.versions) > 0  # some tokens came after an update
 
 
-def _rollout_actor_pids() -> list[int]:
-    pids = []
-    for proc in psutil.Process().children(recursive=True):
-        try:
-            if "RolloutActor" in " ".join(proc.cmdline()):
-                pids.append(proc.pid)
-        except psutil.NoSuchProcess:
-            pass
-    return pids
+def kill_after_first_step(metrics: Path, process_marker: str) -> tuple[threading.Thread, list[int]]:
+    """A started thread that SIGKILLs the processes whose command line holds `process_marker` (Ray
+    names actor processes after their class) once the run has logged its first step; and the pids
+    it killed."""
+    killed: list[int] = []
+
+    def kill() -> None:
+        deadline = time.monotonic() + 600
+        while not (metrics.exists() and '"train/loss"' in metrics.read_text()) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        for proc in psutil.Process().children(recursive=True):
+            try:
+                if process_marker in " ".join(proc.cmdline()):
+                    os.kill(proc.pid, signal.SIGKILL)
+                    killed.append(proc.pid)
+                    return
+            except psutil.NoSuchProcess:
+                pass
+
+    thread = threading.Thread(target=kill)
+    thread.start()
+    return thread, killed
 
 
 def test_a_killed_rollout_worker_is_replaced_and_the_run_completes_with_every_group_accounted(
@@ -101,19 +115,7 @@ def test_a_killed_rollout_worker_is_replaced_and_the_run_completes_with_every_gr
     cfg = _cfg(tiny_model_dir, tmp_path, "rollout.num_workers=2", "train.steps=6", "train.max_staleness=1",
                "algo.importance_weights=token")
     metrics = tmp_path / "run" / "metrics.jsonl"
-    killed: list[int] = []
-
-    def kill_one_worker_after_the_first_step():
-        deadline = time.monotonic() + 600
-        while not (metrics.exists() and '"train/loss"' in metrics.read_text()) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        pids = _rollout_actor_pids()
-        if pids:
-            os.kill(pids[0], signal.SIGKILL)
-            killed.append(pids[0])
-
-    killer = threading.Thread(target=kill_one_worker_after_the_first_step)
-    killer.start()
+    killer, killed = kill_after_first_step(metrics, "RolloutActor")
     summary = train(cfg)
     killer.join()
     assert killed, "no rollout worker process was found to kill"
@@ -142,22 +144,7 @@ def test_an_orm_only_run_scores_in_a_reward_worker_that_is_replaced_when_killed(
     cfg = _cfg(tiny_model_dir, tmp_path, "reward.verifier=0", "reward.orm=1", f"orm.path={tmp_path}/orm",
                "orm.threshold=-1", "train.steps=4")
     metrics = tmp_path / "run" / "metrics.jsonl"
-    killed: list[int] = []
-
-    def kill_the_reward_worker_after_the_first_step():
-        deadline = time.monotonic() + 600
-        while not (metrics.exists() and '"train/loss"' in metrics.read_text()) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        for proc in psutil.Process().children(recursive=True):
-            try:
-                if "RewardActor" in " ".join(proc.cmdline()):
-                    os.kill(proc.pid, signal.SIGKILL)
-                    killed.append(proc.pid)
-            except psutil.NoSuchProcess:
-                pass
-
-    killer = threading.Thread(target=kill_the_reward_worker_after_the_first_step)
-    killer.start()
+    killer, killed = kill_after_first_step(metrics, "RewardActor")
     summary = train(cfg)
     killer.join()
     assert killed, "no reward worker process was found to kill"
