@@ -76,6 +76,7 @@ class GroupBuffer:
         self.version = 0
         self.stats = BufferStats()
         self._ready: list[ScoredGroup] = []
+        self._arrived: set[int] = set()  # sample ids put so far
         self._cond = asyncio.Condition()
         self._error: BaseException | None = None
 
@@ -94,6 +95,10 @@ class GroupBuffer:
             return index
 
     async def put(self, group: ScoredGroup) -> None:
+        if group.index in self._arrived:
+            # A re-queued group must replace its lost run, never add to it: one sample id, one training.
+            raise ValueError(f"group {group.index} arrived twice; a sample id is scored and trained at most once")
+        self._arrived.add(group.index)
         async with self._cond:
             uniform = len(set(group.rewards)) <= 1
             if self.filter_uniform and uniform and self._refills < self.max_refills:

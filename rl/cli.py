@@ -14,6 +14,16 @@ from rl.config import CONFIG_DIR, ConfigError, TurnRLConfig, load_config, to_yam
 
 log = logging.getLogger("turnrl")
 
+# stdout carries only a command's result (JSON, or the config); while a command runs, libraries
+# that print their logs there (DeepSpeed, vLLM) are pointed at stderr, so `turnrl train > summary.json`
+# works. `main` sets this to the stdout it was called with.
+_results = sys.stdout
+
+
+def _print_result(result) -> None:
+    text = result if isinstance(result, str) else json.dumps(result, indent=2)
+    print(text, file=_results, flush=True)
+
 EPILOG = f"""\
 Every command takes Hydra overrides of the config (typed; an unknown key or a bad value stops
 with the key's name). Config groups live in {CONFIG_DIR}:
@@ -77,7 +87,7 @@ def cmd_train(cfg: TurnRLConfig) -> None:
     _require_model(cfg.model.path)
     summary = train(cfg)
     if summary:  # ranks other than 0 (under torchrun) return none
-        print(json.dumps(summary, indent=2))
+        _print_result(summary)
 
 
 def cmd_eval(cfg: TurnRLConfig) -> None:
@@ -96,8 +106,8 @@ def cmd_eval(cfg: TurnRLConfig) -> None:
             result, _ = await evaluate(rollout, tasks)
         finally:
             await rollout.shutdown()
-        print(json.dumps({"model": cfg.model.path, "env": cfg.env.name, **result.metrics("eval/"),
-                          "finish_reasons": result.finish_reasons}, indent=2))
+        _print_result({"model": cfg.model.path, "env": cfg.env.name, **result.metrics("eval/"),
+                       "finish_reasons": result.finish_reasons})
 
     asyncio.run(run())
 
@@ -107,13 +117,13 @@ def cmd_orm_train(cfg: TurnRLConfig) -> None:
 
     metrics = train_orm(cfg.orm)
     if os.environ.get("RANK", "0") == "0":
-        print(json.dumps({"orm": cfg.orm.path, **metrics}, indent=2))
+        _print_result({"orm": cfg.orm.path, **metrics})
 
 
 def cmd_orm_eval(cfg: TurnRLConfig) -> None:
     from rl.orm_training import eval_orm
 
-    print(json.dumps(eval_orm(cfg.orm), indent=2))
+    _print_result(eval_orm(cfg.orm))
 
 
 def _require_model(path: str) -> None:
@@ -164,14 +174,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
+    global _results
     args = build_parser().parse_args(argv)
+    _results, sys.stdout = sys.stdout, sys.stderr
+    try:
+        _run(args)
+    finally:
+        sys.stdout = _results
+
+
+def _run(args: argparse.Namespace) -> None:
     _setup_logging()
     try:
         cfg = load_config(args.overrides)
     except ConfigError as err:
         raise SystemExit(f"turnrl: {err}") from None
     if args.print_config:
-        print(to_yaml(cfg))
+        _print_result(to_yaml(cfg))
         return
     if args.command == "train" and os.environ.get("RANK", "0") == "0":
         _setup_logging(Path(cfg.train.out_dir) / "train.log")

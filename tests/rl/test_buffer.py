@@ -141,3 +141,14 @@ def test_uniform_groups_are_filtered_and_replaced_up_to_the_refill_cap():
         assert s.started == s.trained + s.filtered_uniform
 
     asyncio.run(run())
+
+
+def test_a_sample_id_can_arrive_only_once():
+    async def run():
+        buffer = GroupBuffer(groups_per_step=2, max_staleness=0, timeout_s=0.2)
+        index = await buffer.admit()
+        await buffer.put(group(index, [0]))
+        with pytest.raises(ValueError, match="group 0 arrived twice"):
+            await buffer.put(group(index, [0]))
+
+    asyncio.run(run())

@@ -1,6 +1,9 @@
 """Tests for rl/orm_training.py: an ORM trained on a trajectory store learns what the verifier saw."""
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -43,3 +46,18 @@ def test_orm_training_refuses_stores_without_the_label(tiny_model_dir, tmp_path)
     cfg = load_config([f"model.path={tiny_model_dir}", f"orm.data=[{path}]", "orm.label_key=judged"])
     with pytest.raises(ValueError, match="orm.label_key='judged'"):
         train_orm(cfg.orm)
+
+
+@pytest.mark.slow
+def test_orm_training_under_torchrun_with_two_ranks(tiny_model_dir, tmp_path, synthetic_store):
+    data = synthetic_store(tmp_path / "data.jsonl", 240, seed=2, step=1)
+    env = {k: v for k, v in os.environ.items() if k not in {"MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE",
+                                                           "LOCAL_RANK"}}
+    proc = subprocess.run(
+        [str(Path(sys.executable).with_name("torchrun")), "--standalone", "--nproc_per_node=2", "-m", "rl.cli", "orm",
+         "train", f"model.path={tiny_model_dir}", f"orm.data=[{data}]", f"orm.path={tmp_path}/orm", "orm.epochs=4",
+         "orm.lr=3e-3", "orm.batch_size=8"], env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    metrics = json.loads(proc.stdout)  # rank 0 reports; rank 1 prints nothing
+    assert metrics["heldout_accuracy"] >= 0.9
+    assert (tmp_path / "orm" / "config.json").exists()
