@@ -82,10 +82,13 @@ def sample_table(trajs: list[Trajectory], tokenizer, limit: int = 4) -> tuple[li
     return ["task", "difficulty", "success", "reward", "finish", "turns", "episode"], rows
 
 
-def _resolve_resume(resume: str) -> Path | None:
-    """`train.resume` names one checkpoint (`.../step_N`) or a folder of them (its latest)."""
+def _resolve_resume(resume: str, out_dir: str) -> Path | None:
+    """`train.resume` names one checkpoint (`.../step_N`) or a folder of them (its latest); `auto`
+    is this run's own latest checkpoint if it has one (a requeued job), else a fresh start."""
     if not resume:
         return None
+    if resume == "auto":
+        return latest_checkpoint(Path(out_dir) / "checkpoints")
     path = Path(resume)
     if (path / "meta.json").exists():
         return path
@@ -174,7 +177,7 @@ async def generate_groups(buffer: GroupBuffer, rollout, reward: Reward, sampler:
 def build_learners(cfg: TurnRLConfig) -> tuple[Learner, Critic | None, int, dict]:
     """The policy learner (and PPO's critic), resumed from `train.resume` if set: (learner, critic,
     the step to start at, the checkpoint's extra state). Joins the learner's process group."""
-    resume_dir = _resolve_resume(cfg.train.resume)
+    resume_dir = _resolve_resume(cfg.train.resume, cfg.train.out_dir)
     learner = Learner(cfg.model.path, learner_config(cfg))
     critic = None
     if cfg.algo.name == "ppo":
