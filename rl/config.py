@@ -289,33 +289,15 @@ def validate(cfg: TurnRLConfig) -> None:
         raise ConfigError(f"rollout.engine={cfg.rollout.engine!r} must be one of {_ENGINES}")
     if cfg.rollout.weight_sync not in _WEIGHT_SYNC_BACKENDS:
         raise ConfigError(f"rollout.weight_sync={cfg.rollout.weight_sync!r} must be one of {_WEIGHT_SYNC_BACKENDS}")
-    if cfg.rollout.num_workers < 1:
-        raise ConfigError(f"rollout.num_workers={cfg.rollout.num_workers} must be >= 1")
-    if cfg.rollout.num_workers > 1 and not cfg.ray.enabled:
-        raise ConfigError(f"rollout.num_workers={cfg.rollout.num_workers} needs ray.enabled=true (without Ray the "
-                          "one rollout worker runs in the trainer's process)")
-    from rewards.orm import ORM_INPUTS
-
-    if not reward_terms(cfg):
-        raise ConfigError("every reward term has weight 0: set e.g. reward.verifier=1.0 or reward.orm=1.0")
-    from rewards.judge import UNPARSEABLE_POLICIES
-
-    j = cfg.judge
-    if cfg.reward.judge and not (j.base_url or j.model_path):
-        raise ConfigError(f"reward.judge={cfg.reward.judge} needs judge.base_url (an OpenAI-compatible endpoint) or "
-                          "judge.model_path (a model for a local engine)")
-    if j.on_unparseable not in UNPARSEABLE_POLICIES:
-        raise ConfigError(f"judge.on_unparseable={j.on_unparseable!r} must be one of {UNPARSEABLE_POLICIES}")
-    if j.samples < 1 or j.score_max <= j.score_min:
-        raise ConfigError(f"judge.samples={j.samples} must be >= 1 and judge.score_max={j.score_max} > "
-                          f"judge.score_min={j.score_min}")
-    if cfg.orm.input not in ORM_INPUTS:
-        raise ConfigError(f"orm.input={cfg.orm.input!r} must be one of {ORM_INPUTS}")
-    if cfg.train.learner_ranks < 1:
-        raise ConfigError(f"train.learner_ranks={cfg.train.learner_ranks} must be >= 1")
-    if cfg.train.learner_ranks > 1 and not cfg.ray.enabled:
-        raise ConfigError(f"train.learner_ranks={cfg.train.learner_ranks} starts ranks as Ray actors: it needs "
-                          "ray.enabled=true (or launch the ranks with torchrun)")
+    for name, value, without_ray in [
+        ("rollout.num_workers", cfg.rollout.num_workers, "without Ray the one rollout worker runs in the trainer"),
+        ("train.learner_ranks", cfg.train.learner_ranks, "extra ranks are Ray actors; or launch them with torchrun"),
+    ]:
+        if value < 1:
+            raise ConfigError(f"{name}={value} must be >= 1")
+        if value > 1 and not cfg.ray.enabled:
+            raise ConfigError(f"{name}={value} needs ray.enabled=true ({without_ray})")
+    _validate_rewards(cfg)
     if cfg.logger.wandb_mode not in _WANDB_MODES:
         raise ConfigError(f"logger.wandb_mode={cfg.logger.wandb_mode!r} must be one of {_WANDB_MODES}")
     from rl.advantages import ADVANTAGE_ESTIMATORS
@@ -362,6 +344,25 @@ REWARD_TERMS = ("verifier", "format", "length", "orm", "judge")  # the weight fi
 def reward_terms(cfg: TurnRLConfig) -> dict[str, float]:
     """The reward terms with a non-zero weight, and their weights."""
     return {name: getattr(cfg.reward, name) for name in REWARD_TERMS if getattr(cfg.reward, name)}
+
+
+def _validate_rewards(cfg: TurnRLConfig) -> None:
+    from rewards.judge import UNPARSEABLE_POLICIES
+    from rewards.orm import ORM_INPUTS
+
+    if not reward_terms(cfg):
+        raise ConfigError("every reward term has weight 0: set e.g. reward.verifier=1.0 or reward.orm=1.0")
+    j = cfg.judge
+    if cfg.reward.judge and not (j.base_url or j.model_path):
+        raise ConfigError(f"reward.judge={cfg.reward.judge} needs judge.base_url (an OpenAI-compatible endpoint) or "
+                          "judge.model_path (a model for a local engine)")
+    if j.on_unparseable not in UNPARSEABLE_POLICIES:
+        raise ConfigError(f"judge.on_unparseable={j.on_unparseable!r} must be one of {UNPARSEABLE_POLICIES}")
+    if j.samples < 1 or j.score_max <= j.score_min:
+        raise ConfigError(f"judge.samples={j.samples} must be >= 1 and judge.score_max={j.score_max} > "
+                          f"judge.score_min={j.score_min}")
+    if cfg.orm.input not in ORM_INPUTS:
+        raise ConfigError(f"orm.input={cfg.orm.input!r} must be one of {ORM_INPUTS}")
 
 
 def to_yaml(cfg: TurnRLConfig) -> str:
