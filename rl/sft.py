@@ -7,6 +7,7 @@ loop (`rollout.demos`), so SFT sees exactly the token layout RL will produce.
 from __future__ import annotations
 
 import logging
+import os
 import random
 import shutil
 from dataclasses import dataclass
@@ -73,10 +74,14 @@ def sft_loss(model, ids: torch.Tensor, attn: torch.Tensor, mask: torch.Tensor) -
 
 def run_sft(base_path: str, out_dir: str, env_name: str, num_demos: int, difficulty_weights: dict[int, float],
             epochs: int, lr: float, batch_size: int, seed: int, first_turn_epochs: int = 0) -> SFTResult:
-    """Train `base_path` on expert demonstrations and write the policy to `out_dir` (HF format)."""
+    """Train `base_path` on expert demonstrations and write the policy to `out_dir` (HF format).
+
+    Under torchrun (WORLD_SIZE > 1) the ranks split every batch and average gradients (DDP, gloo on
+    CPU); rank 0 writes the model."""
     torch.manual_seed(seed)
     tokenizer = AutoTokenizer.from_pretrained(base_path)
     model = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
+    ranks = _Ranks.join()
     chat = ChatFormat(tokenizer, get_env(env_name).tools)
     tasks = sample_demo_tasks(env_name, num_demos, difficulty_weights, seed)
     demos = [expert_trajectory(chat, t) for t in tqdm(tasks, desc="demos", unit="demo", leave=False)]
@@ -95,15 +100,47 @@ def run_sft(base_path: str, out_dir: str, env_name: str, num_demos: int, difficu
     for desc, stage_epochs, max_turns, decay in stages:
         if stage_epochs > 0:
             loss = _train_stage(model, demos, tokenizer.pad_token_id, stage_epochs, lr, batch_size, rng,
-                                max_turns, decay, desc)
-    save_model(model, tokenizer, Path(out_dir))
+                                max_turns, decay, desc, ranks)
+    if ranks.rank == 0:
+        save_model(model, tokenizer, Path(out_dir))
+    ranks.barrier()
     return SFTResult(len(demos), sum(len(d.token_ids) for d in demos), float(loss.item()), Path(out_dir))
 
 
+@dataclass
+class _Ranks:
+    """This process's place among torchrun's ranks (one rank without a launcher)."""
+
+    rank: int = 0
+    world: int = 1
+
+    @classmethod
+    def join(cls) -> _Ranks:
+        if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+            return cls()
+        import torch.distributed as dist
+
+        from rl.learner import init_distributed
+
+        init_distributed()
+        return cls(dist.get_rank(), dist.get_world_size())
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+
 def _train_stage(model, demos: list[Trajectory], pad_id: int, epochs: int, lr: float, batch_size: int,
-                 rng: random.Random, max_turns: int | None, decay: bool, desc: str) -> torch.Tensor:
+                 rng: random.Random, max_turns: int | None, decay: bool, desc: str,
+                 ranks: _Ranks) -> torch.Tensor:
     """Epochs of AdamW over `demos`, supervising the first `max_turns` assistant turns (all if None);
-    with `decay`, a 10% warm-up then linear decay to 0, else a constant learning rate."""
+    with `decay`, a 10% warm-up then linear decay to 0, else a constant learning rate. With several
+    ranks each takes every world-th row of a batch, and DDP averages the gradients."""
+    trained = model
+    if ranks.world > 1:
+        trained = torch.nn.parallel.DistributedDataParallel(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     total = epochs * ((len(demos) + batch_size - 1) // batch_size)
     schedule = torch.optim.lr_scheduler.LambdaLR(
@@ -112,13 +149,16 @@ def _train_stage(model, demos: list[Trajectory], pad_id: int, epochs: int, lr: f
     )
     model.train()
     loss = torch.tensor(float("nan"))
-    with tqdm(total=total, desc=desc, unit="step") as bar:
+    with tqdm(total=total, desc=desc, unit="step", disable=ranks.rank != 0) as bar:
         for _ in range(epochs):
             order = list(range(len(demos)))
-            rng.shuffle(order)
+            rng.shuffle(order)  # the same order on every rank (the same seed)
             for start in range(0, len(order), batch_size):
-                batch = [demos[i] for i in order[start : start + batch_size]]
-                loss = sft_loss(model, *pad_batch(batch, pad_id, max_turns))
+                rows = order[start : start + batch_size]
+                if len(rows) < ranks.world:  # a last batch too small to give every rank a row
+                    continue
+                batch = [demos[i] for i in rows[ranks.rank :: ranks.world]]
+                loss = sft_loss(trained, *pad_batch(batch, pad_id, max_turns))
                 optimizer.zero_grad()
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

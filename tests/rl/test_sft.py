@@ -1,3 +1,9 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -37,3 +43,20 @@ def test_run_sft_writes_a_loadable_policy_that_fits_the_demos_better(tiny_model_
     batch = pad_batch(_demos(AutoTokenizer.from_pretrained(out), 4), 0)
     with torch.no_grad():
         assert sft_loss(after, *batch) < sft_loss(before, *batch)
+
+
+@pytest.mark.slow
+def test_sft_under_torchrun_with_two_ranks_writes_one_trained_model(tiny_model_dir, tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in {"MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE",
+                                                           "LOCAL_RANK"}}
+    out = tmp_path / "sft"
+    proc = subprocess.run(
+        [str(Path(sys.executable).with_name("torchrun")), "--standalone", "--nproc_per_node=2", "-m", "rl.cli", "sft",
+         "+experiment=smoke", f"model.base_path={tiny_model_dir}", f"model.path={out}"],
+        env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    trained = AutoModelForCausalLM.from_pretrained(out)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    name = "model.layers.0.mlp.down_proj.weight"
+    assert not torch.equal(trained.state_dict()[name], base.state_dict()[name])
+    assert proc.stderr.count("SFT policy written to") == 2  # both ranks finished; rank 0 wrote it
