@@ -1,0 +1,74 @@
+"""New tasks out of failed ones, and the filters every new task passes before it enters the pool.
+
+Procedural generation asks the environment's own generator for variants of a failed task: one a
+level easier (a stepping stone) and one at the same level with a fresh seed, each recording its
+parent. Filters, in order, each rejection counted by its reason:
+- duplicate: the pool already has a task with the same instruction;
+- infeasible: the environment cannot rebuild the task, or its expert solver does not solve it;
+- a difficulty band, when an estimate of success is given (WebRL keeps tasks whose critic or ORM
+  value lies in [0.05, 0.75]).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import replace
+
+from curricula.pool import PoolTask
+from rollout.env import get_env
+from rollout.types import Task
+
+log = logging.getLogger(__name__)
+
+
+def procedural_variants(parent: PoolTask, rng: random.Random, step: int) -> list[PoolTask]:
+    """An easier variant (one level down, where there is one) and a same-level one, from the env's generator."""
+    env_cls = get_env(parent.task.env)
+    levels = sorted(env_cls.difficulties)
+    here = parent.task.difficulty
+    targets = [d for d in (here - 1, here) if d in levels]
+    out = []
+    for difficulty in targets:
+        task = env_cls.generate_task(rng.randrange(10**9), difficulty)
+        task = replace(task, id=f"{task.id}-from-{parent.task.id}", parent_id=parent.task.id, origin="procedural")
+        out.append(PoolTask(task, generation_step=step, depth=parent.depth + 1))
+    return out
+
+
+def feasible(task: Task) -> bool:
+    """The environment rebuilds the task and its expert solver reaches success in it."""
+    env_cls = get_env(task.env)
+    try:
+        env = env_cls(task)
+        env.reset()
+        for call in env_cls.expert_solution(task):
+            if env.step(call).done:
+                break
+        solved = env.verify()
+        env.close()
+        return bool(solved)
+    except Exception as err:  # a generator bug must not stop training: the task is rejected
+        log.warning("task %s is infeasible: %r", task.id, err)
+        return False
+
+
+def filter_new_tasks(candidates: list[PoolTask], has_instruction: Callable[[str], bool],
+                     estimate: Callable[[Task], float] | None = None,
+                     band: tuple[float, float] = (0.05, 0.75)) -> tuple[list[PoolTask], Counter]:
+    """(the accepted candidates, rejections by reason)."""
+    accepted, rejected, seen = [], Counter(), set()
+    for candidate in candidates:
+        instruction = candidate.task.instruction
+        if instruction in seen or has_instruction(instruction):
+            rejected["duplicate"] += 1
+        elif not feasible(candidate.task):
+            rejected["infeasible"] += 1
+        elif estimate is not None and not band[0] <= estimate(candidate.task) <= band[1]:
+            rejected["difficulty"] += 1
+        else:
+            accepted.append(candidate)
+            seen.add(instruction)
+    return accepted, rejected

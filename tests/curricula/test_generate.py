@@ -1,0 +1,34 @@
+"""Tests for curricula/generate.py: variants of failed tasks keep their lineage; each filter rejects
+what it should."""
+
+import random
+
+from curricula.generate import feasible, filter_new_tasks, procedural_variants
+from curricula.pool import PoolTask
+from rollout.env import get_env
+from rollout.types import Task
+
+
+def test_variants_are_easier_or_same_level_children_of_the_failed_task():
+    parent = PoolTask(get_env("kbsearch").generate_task(7, 3), generation_step=0, depth=2)
+    variants = procedural_variants(parent, random.Random(0), step=12)
+    assert sorted(v.task.difficulty for v in variants) == [2, 3]
+    for v in variants:
+        assert v.task.parent_id == parent.task.id and v.task.origin == "procedural"
+        assert v.depth == 3 and v.generation_step == 12 and v.task.id.endswith(parent.task.id)
+    easiest = PoolTask(get_env("kbsearch").generate_task(7, 1), 0, 0)
+    assert [v.task.difficulty for v in procedural_variants(easiest, random.Random(0), 1)] == [1]
+
+
+def test_filters_reject_duplicates_infeasible_tasks_and_tasks_outside_the_band():
+    env = get_env("kbsearch")
+    good = [PoolTask(env.generate_task(s, 2), 3, 1) for s in (1, 2, 3)]
+    broken = PoolTask(Task(id="broken", env="kbsearch", instruction="no world behind this", params={}), 3, 1)
+    duplicate = PoolTask(env.generate_task(1, 2), 3, 1)  # same instruction as good[0]
+    in_pool = good[2].task.instruction
+    accepted, rejected = filter_new_tasks([*good, broken, duplicate], lambda text: text == in_pool)
+    assert [a.task.id for a in accepted] == [good[0].task.id, good[1].task.id]
+    assert rejected == {"duplicate": 2, "infeasible": 1}
+    accepted, rejected = filter_new_tasks(good[:2], lambda text: False, estimate=lambda t: 0.9)
+    assert not accepted and rejected == {"difficulty": 2}
+    assert feasible(good[0].task) and not feasible(broken.task)
