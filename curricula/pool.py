@@ -148,3 +148,31 @@ class _Transaction:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         self.db.execute("ROLLBACK" if exc_type else "COMMIT")
+
+
+def lineage_tree(pool: TaskPool, all_roots: bool = False) -> str:
+    """The pool as text trees, parents above their generated children, with each task's statistics.
+    Only seed tasks with descendants are drawn unless `all_roots`."""
+    tasks = pool.all()
+    children: dict[str | None, list[PoolTask]] = {}
+    for t in tasks:
+        children.setdefault(t.task.parent_id, []).append(t)
+    generated = sum(t.task.parent_id is not None for t in tasks)
+    lines = [f"{pool.path}: {len(tasks)} tasks ({len(tasks) - generated} seed, {generated} generated), "
+             f"deepest lineage {max((t.depth for t in tasks), default=0)}"]
+
+    def describe(t: PoolTask) -> str:
+        recent = "-" if t.recent_success is None else f"{t.recent_success:.2f}"
+        made = t.task.origin if t.task.parent_id is None else f"{t.task.origin}@{t.generation_step}"
+        return f"{t.task.id}  d{t.task.difficulty} {made}  {t.successes}/{t.attempts} (recent {recent})"
+
+    def draw(t: PoolTask, prefix: str, last: bool, root: bool) -> None:
+        lines.append(describe(t) if root else f"{prefix}{'└─ ' if last else '├─ '}{describe(t)}")
+        kids = children.get(t.task.id, [])
+        for i, kid in enumerate(kids):
+            draw(kid, prefix if root else prefix + ("   " if last else "│  "), i == len(kids) - 1, False)
+
+    for root in children.get(None, []):
+        if all_roots or root.task.id in children:
+            draw(root, "", True, True)
+    return "\n".join(lines)

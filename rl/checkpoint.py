@@ -24,6 +24,7 @@ import os
 import random
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -76,11 +77,13 @@ def _manifest(directory: Path) -> dict[str, int]:
 
 
 def save_checkpoint(root: str | Path, learner: Learner, step: int, config: dict | None = None,
-                    extra: dict | None = None) -> Path:
+                    extra: dict | None = None, write_files: Callable[[Path], None] | None = None) -> Path:
     """Save `learner` at `step` to `root/step_{step}` atomically and point `root/latest` at it.
 
     A collective: call on every rank (a shared filesystem under multi-node). `config` must be
-    JSON-serialisable; `extra` picklable (it comes back equal, types included). Returns the directory.
+    JSON-serialisable; `extra` picklable (it comes back equal, types included); `write_files(dir)`
+    (rank 0) adds files of other parts of the run (the task pool) inside the same atomic save.
+    Returns the directory.
     """
     root = Path(root)
     final = root / f"step_{step}"
@@ -100,6 +103,8 @@ def save_checkpoint(root: str | Path, learner: Learner, step: int, config: dict 
     if learner.rank == 0:
         _write_json(tmp / "config.json", config or {})
         torch.save(extra or {}, tmp / "extra.pt")
+        if write_files is not None:
+            write_files(tmp)
         meta = {"format_version": FORMAT_VERSION, "step": step, "optimizer_steps": learner.step,
                 "world_size": learner.world_size,
                 "zero_stage": learner.cfg.zero_stage, "files": _manifest(tmp)}

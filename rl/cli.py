@@ -39,6 +39,8 @@ Examples:
   turnrl eval model.path=runs/turnrl-kbsearch/final_model
   turnrl orm train orm.data=[runs/turnrl-kbsearch/trajectories.jsonl]   # outcome reward model
   turnrl train reward.verifier=0 reward.orm=1   # train on the ORM's judgement alone (WebRL)
+  turnrl train curriculum.enabled=true  # a task pool that grows from failures
+  turnrl tasks train.out_dir=runs/turnrl-kbsearch   # that pool's lineage trees
   turnrl train --print-config            # show the resolved config and exit
 """
 
@@ -126,6 +128,16 @@ def cmd_orm_eval(cfg: TurnRLConfig) -> None:
     _print_result(eval_orm(cfg.orm))
 
 
+def cmd_tasks(cfg: TurnRLConfig) -> None:
+    from curricula.curriculum import POOL_FILE
+    from curricula.pool import TaskPool, lineage_tree
+
+    path = Path(cfg.train.out_dir) / POOL_FILE
+    if not path.exists():
+        raise SystemExit(f"no task pool at {path}: train with curriculum.enabled=true (train.out_dir names the run)")
+    _print_result(lineage_tree(TaskPool(path)))
+
+
 def _require_model(path: str) -> None:
     if not Path(path, "config.json").exists():
         raise SystemExit(f"no model at model.path={path}: run `turnrl model init && turnrl sft` for the tiny "
@@ -141,6 +153,7 @@ COMMANDS = {
     "sft": (cmd_sft, "train the base model on expert demonstrations (writes model.path)"),
     "train": (cmd_train, "RL training: GRPO with rollouts through the inference engine"),
     "eval": (cmd_eval, "greedy success on the fixed held-out task set, by difficulty"),
+    "tasks": (cmd_tasks, "the curriculum's task pool of a run (train.out_dir) as lineage trees"),
 }
 
 

@@ -16,6 +16,7 @@ from hydra.errors import HydraException
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from curricula.curriculum import CurriculumSettings
 from rewards.judge import JudgeSettings
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -190,6 +191,13 @@ class JudgeConfig(JudgeSettings):
 
 
 @dataclass
+class CurriculumConfig(CurriculumSettings):
+    # true: tasks come from a persistent pool that grows from failed tasks (curricula/curriculum.py);
+    # false: fresh tasks from the environment's generator every step.
+    enabled: bool = False
+
+
+@dataclass
 class LoggerConfig:
     wandb_mode: str = "auto"  # auto (online when logged in, else offline) | online | offline | disabled
     project: str = "turnrl"
@@ -242,6 +250,7 @@ class TurnRLConfig:
     reward: RewardConfig = field(default_factory=RewardConfig)
     orm: OrmConfig = field(default_factory=OrmConfig)
     judge: JudgeConfig = field(default_factory=JudgeConfig)
+    curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -298,6 +307,13 @@ def validate(cfg: TurnRLConfig) -> None:
         if value > 1 and not cfg.ray.enabled:
             raise ConfigError(f"{name}={value} needs ray.enabled=true ({without_ray})")
     _validate_rewards(cfg)
+    c = cfg.curriculum
+    if c.turn_cap_mode not in ("step", "linear") or any(h < 1 for h in c.turn_caps):
+        raise ConfigError(f"curriculum.turn_cap_mode={c.turn_cap_mode!r} must be step or linear and "
+                          f"curriculum.turn_caps={list(c.turn_caps)} positive")
+    if c.enabled and (c.initial_tasks < 1 or len(c.band) != 2 or c.uniform + c.success_band + c.learning_progress <= 0):
+        raise ConfigError("curriculum.enabled needs curriculum.initial_tasks >= 1, curriculum.band=[low, high] and a "
+                          "positive weight among curriculum.uniform/success_band/learning_progress")
     if cfg.logger.wandb_mode not in _WANDB_MODES:
         raise ConfigError(f"logger.wandb_mode={cfg.logger.wandb_mode!r} must be one of {_WANDB_MODES}")
     from rl.advantages import ADVANTAGE_ESTIMATORS

@@ -70,8 +70,8 @@ class LocalRollout:
         self.worker = worker
 
     async def run_episodes(self, tasks: Sequence[Task], sampling: SamplingConfig,
-                           group_ids: Sequence[str] | None = None) -> list[Trajectory]:
-        return await self.worker.run_episodes(tasks, sampling, group_ids)
+                           group_ids: Sequence[str] | None = None, max_turns: int | None = None) -> list[Trajectory]:
+        return await self.worker.run_episodes(tasks, sampling, group_ids, max_turns)
 
     async def update_weights(self, state_dict: dict[str, torch.Tensor], version: int) -> None:
         await self.worker.update_weights(state_dict, version)
@@ -101,9 +101,9 @@ class RolloutActor:
         self._worker = make_rollout_worker(self._cfg, self._index, ray.get_runtime_context().get_node_id())
         return self._worker.info()
 
-    async def run_episodes(self, tasks: list[Task], sampling: SamplingConfig,
-                           group_ids: list[str] | None) -> list[Trajectory]:
-        return await self._worker.run_episodes(tasks, sampling, group_ids)
+    async def run_episodes(self, tasks: list[Task], sampling: SamplingConfig, group_ids: list[str] | None,
+                           max_turns: int | None) -> list[Trajectory]:
+        return await self._worker.run_episodes(tasks, sampling, group_ids, max_turns)
 
     async def update_weights(self, state_dict: dict[str, torch.Tensor], version: int) -> WorkerInfo:
         await self._worker.update_weights(state_dict, version)
@@ -209,7 +209,7 @@ class RolloutPool:
                 "add nodes.") from None
 
     async def run_episodes(self, tasks: Sequence[Task], sampling: SamplingConfig,
-                           group_ids: Sequence[str] | None = None) -> list[Trajectory]:
+                           group_ids: Sequence[str] | None = None, max_turns: int | None = None) -> list[Trajectory]:
         """Run the episodes on the least busy worker; if it dies meanwhile, again on its replacement."""
         from ray.exceptions import RayActorError
 
@@ -219,7 +219,7 @@ class RolloutPool:
             slot.episodes_in_flight += len(tasks)
             try:
                 return await actor.run_episodes.remote(list(tasks), sampling,
-                                                       None if group_ids is None else list(group_ids))
+                                                       None if group_ids is None else list(group_ids), max_turns)
             except RayActorError as err:
                 self._requeued += 1
                 log.warning("rollout worker %d died with %d episodes in flight; they are re-queued", slot.index,

@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from omegaconf import OmegaConf
 from tqdm import tqdm
 from transformers import AutoTokenizer
 
+from curricula.curriculum import Curriculum
 from curricula.tasks import UniformTaskSampler, heldout_tasks
 from rewards.base import Reward
 from rl.advantages import compute_advantages, gae_advantages, outcome_token_rewards, varied_groups, whiten
@@ -134,16 +136,18 @@ def policy_update(learner: Learner, critic: Critic | None, cfg: TurnRLConfig, tr
     return metrics | {"train/optimizer_steps": learner.step}
 
 
-async def generate_groups(buffer: GroupBuffer, rollout, reward: Reward, sampler: UniformTaskSampler,
-                          sampling: SamplingConfig, group_size: int, seed: int) -> None:
+async def generate_groups(buffer: GroupBuffer, rollout, reward: Reward, sampler, sampling: SamplingConfig,
+                          group_size: int, seed: int, max_turns_at: Callable[[int], int | None]) -> None:
     """The rollout side, run as a task beside the learner: start a group whenever the buffer admits
-    one; each group's episodes run concurrently and, scored, go into the buffer. Runs until cancelled."""
+    one; each group's episodes run concurrently (up to `max_turns_at(policy version)` turns, a
+    curriculum's turn cap) and, scored, go into the buffer. Runs until cancelled."""
     running: set[asyncio.Task] = set()
 
     async def one_group(index: int, task) -> None:
         try:
             group_sampling = replace(sampling, seed=seed * 1_000_003 + index * 4099)
-            trajs = await rollout.run_episodes([task] * group_size, group_sampling, [str(index)] * group_size)
+            trajs = await rollout.run_episodes([task] * group_size, group_sampling, [str(index)] * group_size,
+                                               max_turns_at(buffer.version))
             scored = await reward(task, trajs)  # overlaps other groups' generation
             totals = scored.totals()
             for i, traj in enumerate(trajs):
@@ -257,10 +261,18 @@ async def _train_rank0(cfg: TurnRLConfig) -> dict:
                        resume_step=start_step)
     heldout = heldout_tasks(cfg.env.name, cfg.env.eval_difficulties, cfg.env.eval_tasks_per_difficulty,
                             cfg.env.eval_seed_offset)
-    sampler = UniformTaskSampler(cfg.env.name, cfg.env.train_difficulties, cfg.train.seed,
-                                 seed_limit=cfg.env.eval_seed_offset)
-    if "sampler" in extra:
-        sampler.load_state_dict(extra["sampler"])
+    curriculum = None
+    if cfg.curriculum.enabled:  # tasks from a pool that grows out of the failed ones
+        curriculum = Curriculum.open(out_dir, cfg.curriculum, cfg.env.name, cfg.env.train_difficulties, cfg.train.seed,
+                                     cfg.env.eval_seed_offset, _resolve_resume(cfg.train.resume, cfg.train.out_dir))
+        sampler = curriculum.sampler
+        if "curriculum" in extra:
+            curriculum.load_state_dict(extra["curriculum"])
+    else:
+        sampler = UniformTaskSampler(cfg.env.name, cfg.env.train_difficulties, cfg.train.seed,
+                                     seed_limit=cfg.env.eval_seed_offset)
+        if "sampler" in extra:
+            sampler.load_state_dict(extra["sampler"])
     buffer = GroupBuffer(cfg.algo.tasks_per_step, cfg.train.max_staleness, cfg.train.wait_timeout_s,
                          filter_uniform=cfg.algo.refill_uniform_groups,
                          max_refills=cfg.algo.max_refill_factor * cfg.algo.tasks_per_step)
@@ -278,8 +290,9 @@ async def _train_rank0(cfg: TurnRLConfig) -> dict:
         sink.log({**sft_eval.metrics("eval/"), "eval/success_sft": sft_eval.success}, step=start_step)
 
         sampling = SamplingConfig(temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p)
-        producer = asyncio.create_task(generate_groups(buffer, rollout, reward, sampler, sampling, cfg.algo.group_size,
-                                                       cfg.train.seed))
+        producer = asyncio.create_task(generate_groups(
+            buffer, rollout, reward, sampler, sampling, cfg.algo.group_size, cfg.train.seed,
+            curriculum.max_turns if curriculum else lambda version: None))
         bar = tqdm(range(start_step, cfg.train.steps), desc="train", unit="step", initial=start_step,
                    total=cfg.train.steps)
         for step in bar:
@@ -324,6 +337,9 @@ async def _train_rank0(cfg: TurnRLConfig) -> dict:
                 "perf/step_s": step_s,
                 "perf/gen_tokens_per_s": sum(t.num_generated_tokens for t in trajs) / step_s,
             }
+            if curriculum is not None:
+                metrics |= await asyncio.to_thread(curriculum.after_step, [(t.task_id, t.success) for t in trajs],
+                                                   step + 1)
             if cfg.train.eval_every and (step + 1) % cfg.train.eval_every == 0 and step + 1 < cfg.train.steps:
                 mid_eval, _ = await evaluate(rollout, heldout, desc=f"eval step {step + 1}")
                 metrics.update(mid_eval.metrics("eval/"))
@@ -340,9 +356,11 @@ async def _train_rank0(cfg: TurnRLConfig) -> dict:
                 # Before the next version is admitted, so that (synchronously) no task of the next
                 # step has been drawn yet and a resumed run continues with the same tasks.
                 extra = {"sampler": sampler.state_dict(), "eval_sft": asdict(sft_eval)}
+                if curriculum is not None:
+                    extra["curriculum"] = curriculum.state_dict()
                 announce(ranks, "save", step + 1, extra)
                 await asyncio.to_thread(save_checkpoint, ckpt_root, learner, step + 1, config=config_dict,
-                                        extra=extra)
+                                        extra=extra, write_files=curriculum.save if curriculum else None)
             await buffer.set_version(step + 1)
         producer.cancel()
         await asyncio.gather(producer, return_exceptions=True)
@@ -372,6 +390,7 @@ async def _train_rank0(cfg: TurnRLConfig) -> dict:
                                "abandoned": stats.abandoned,
                                "ready_at_end": stats.ready},
             "rollout/workers": _workers_summary(rollout.stats()),
+            **({"curriculum": {"pool_size": len(curriculum.pool), **curriculum.totals}} if curriculum else {}),
             "perf/wall_s": time.perf_counter() - run_start,
             "perf/mean_weight_sync_s": _mean(sink.history, "perf/weight_sync_s"),
             "final_model": str(out_dir / "final_model"),
@@ -386,6 +405,8 @@ async def _train_rank0(cfg: TurnRLConfig) -> dict:
             producer.cancel()
             await asyncio.gather(producer, return_exceptions=True)
         sink.close()
+        if curriculum is not None:
+            curriculum.pool.close()
         await rollout.shutdown()
 
 

@@ -11,7 +11,7 @@ import os
 import socket
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -46,9 +46,11 @@ class RolloutWorker:
         self._executor = ThreadPoolExecutor(tool_threads, thread_name_prefix="env")
 
     async def run_episodes(self, tasks: Sequence[Task], sampling: SamplingConfig,
-                           group_ids: Sequence[str] | None = None) -> list[Trajectory]:
-        """One episode per task, in the order of `tasks` (see `rollout.agent_loop.run_episodes`)."""
-        return await run_episodes(self.engine, self.chat, tasks, sampling, self.limits, group_ids, self._executor)
+                           group_ids: Sequence[str] | None = None, max_turns: int | None = None) -> list[Trajectory]:
+        """One episode per task, in the order of `tasks` (see `rollout.agent_loop.run_episodes`);
+        `max_turns` overrides the worker's turn limit (a curriculum's turn cap)."""
+        limits = self.limits if max_turns is None else replace(self.limits, max_turns=max_turns)
+        return await run_episodes(self.engine, self.chat, tasks, sampling, limits, group_ids, self._executor)
 
     async def update_weights(self, state_dict: dict[str, torch.Tensor], version: int) -> None:
         """Load new weights in place; episodes in flight pause, then go on under `version`."""

@@ -75,3 +75,18 @@ def test_a_pool_killed_mid_write_reopens_with_only_whole_batches(tmp_path):
     tasks = pool.all()
     assert len(tasks) >= 20 * 50 and len(tasks) % 50 == 0  # no half-written batch
     assert all(t.task.params == {"i": int(t.task.id.split("-")[1])} for t in tasks)
+
+
+def test_lineage_tree_draws_generated_tasks_under_their_parents(tmp_path):
+    from curricula.pool import lineage_tree
+
+    pool = TaskPool(tmp_path / "tasks.sqlite")
+    pool.add([pool_task(0), pool_task(1, parent="t0", depth=1), pool_task(2, parent="t1", depth=2),
+              pool_task(3, parent="t0", depth=1), pool_task(4)])
+    pool.record({"t1": [True, False]}, step=2)
+    tree = lineage_tree(pool).splitlines()
+    assert tree[0].endswith("5 tasks (2 seed, 3 generated), deepest lineage 2")
+    assert tree[1].startswith("t0  d1 seed")
+    assert tree[2].startswith("├─ t1  d2 procedural@5  1/2 (recent 0.50)")
+    assert tree[3].startswith("│  └─ t2") and tree[4].startswith("└─ t3")
+    assert len(tree) == 5  # t4 has no descendants: left out

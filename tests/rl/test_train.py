@@ -60,3 +60,28 @@ def test_uniform_groups_are_refilled_up_to_the_cap_and_accounted_for(tiny_model_
     assert groups["filtered_uniform"] == 2 * cfg.algo.tasks_per_step  # two steps, cap reached in each
     assert groups["started"] == sum(groups[k] for k in ("trained", "dropped_stale", "filtered_uniform", "abandoned",
                                                        "ready_at_end"))
+
+
+def test_curriculum_run_grows_its_pool_caps_turns_and_resumes_with_the_pool(tiny_model_dir, tmp_path, ray_local):
+    common = ["+experiment=smoke", "rollout=hf", f"model.path={tiny_model_dir}", "rollout.max_tokens_per_turn=16",
+              "env.eval_tasks_per_difficulty=1", f"train.out_dir={tmp_path}/run", "curriculum.enabled=true",
+              "curriculum.initial_tasks=6", "curriculum.generate_every=1", "curriculum.turn_caps=[1,2]",
+              "curriculum.turn_cap_every=2", "rollout.max_turns=4"]
+    summary = train(load_config([*common, "train.steps=3"]))
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in rows if "train/loss" in r]
+    assert [r["curriculum/turn_cap"] for r in steps] == [1.0, 1.0, 2.0]  # caps of steps 1..3 (0-based 1, 2)
+    sizes = [r["curriculum/pool_size"] for r in steps]
+    assert sizes[0] >= 6 and sizes == sorted(sizes) and summary["curriculum"]["accepted"] > 0
+    records = [json.loads(line) for line in (tmp_path / "run" / "trajectories.jsonl").read_text().splitlines()]
+    # Groups started at policy version v ran under the cap of step v (1 turn for v < 2).
+    assert all(len(r["turns"]) <= 2 for r in records if r["source"] == "train")
+    assert all(len(r["turns"]) <= 1 for r in records if r["source"] == "train" and r["step"] <= 2)
+    from curricula.pool import TaskPool
+
+    saved = TaskPool(tmp_path / "run" / "checkpoints" / "step_3" / "tasks.sqlite")
+    assert len(saved) == summary["curriculum"]["pool_size"]
+    generated = [t for t in saved.all() if t.task.origin == "procedural"]
+    assert generated and all(saved.lineage(t.task.id)[0].depth == 0 for t in generated)  # lineage complete
+    resumed = train(load_config([*common, "train.steps=4", "train.resume=auto"]))
+    assert resumed["curriculum"]["pool_size"] >= summary["curriculum"]["pool_size"]

@@ -1,0 +1,117 @@
+"""The self-evolving curriculum of one run: its task pool, how tasks are drawn from it, how each
+step's outcomes feed back, and how new tasks are made from the failed ones.
+
+`Curriculum.open` starts the pool (`<out_dir>/tasks.sqlite`) with tasks from the environment's
+generator, or restores it from a checkpoint's copy on resume. After each learner step,
+`after_step` records every trained episode's outcome per task and, every `generate_every` steps,
+turns the most-failed recent tasks into variants (`curricula/generate.py`), filtered, into the pool.
+"""
+
+from __future__ import annotations
+
+import random
+import shutil
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from curricula.generate import filter_new_tasks, procedural_variants
+from curricula.pool import PoolTask, TaskPool
+from curricula.sampling import PoolSampler, turn_cap
+from rollout.env import get_env
+
+POOL_FILE = "tasks.sqlite"
+
+
+@dataclass
+class CurriculumSettings:
+    initial_tasks: int = 256  # starting tasks from the environment's generator (env.train_difficulties)
+    # The sampler mix (curricula/sampling.py); weights need not sum to 1.
+    uniform: float = 0.5
+    success_band: float = 0.5
+    learning_progress: float = 0.0
+    band: list[float] = field(default_factory=lambda: [0.1, 0.9])  # success_band's [low, high]
+    ema: float = 0.5  # weight of the newest step in a task's recent success rate
+    generate_every: int = 5  # steps between generations of new tasks from failures (0: never)
+    parents_per_generation: int = 8  # failed tasks that get variants each time
+    # ScalingInter-RL: the turn cap rises through these values every turn_cap_every steps
+    # (turn_cap_mode=step) or linearly between them (linear); empty: rollout.max_turns throughout.
+    turn_caps: list[int] = field(default_factory=list)
+    turn_cap_every: int = 10
+    turn_cap_mode: str = "step"
+
+
+class Curriculum:
+    def __init__(self, pool: TaskPool, settings: CurriculumSettings, seed: int) -> None:
+        self.pool = pool
+        self.s = settings
+        mix = {"uniform": settings.uniform, "success_band": settings.success_band,
+               "learning_progress": settings.learning_progress}
+        self.sampler = PoolSampler(pool.all, {k: v for k, v in mix.items() if v > 0}, seed,
+                                   band=(settings.band[0], settings.band[1]))
+        self.rng = random.Random(seed + 1)
+        self.totals: Counter = Counter()
+
+    @classmethod
+    def open(cls, out_dir: Path, settings: CurriculumSettings, env_name: str, difficulties: list[int], seed: int,
+             seed_limit: int, resume_from: Path | None) -> Curriculum:
+        """The run's pool: restored from `resume_from`'s copy when resuming, else new, with seed tasks."""
+        path = Path(out_dir) / POOL_FILE
+        for stale in (path, path.with_name(POOL_FILE + "-wal"), path.with_name(POOL_FILE + "-shm")):
+            stale.unlink(missing_ok=True)  # the live pool of an earlier attempt is not to be trusted
+        if resume_from is not None and (Path(resume_from) / POOL_FILE).exists():
+            shutil.copyfile(Path(resume_from) / POOL_FILE, path)
+            return cls(TaskPool(path, settings.ema), settings, seed)
+        pool = TaskPool(path, settings.ema)
+        env_cls = get_env(env_name)
+        rng = random.Random(seed)
+        pool.add([PoolTask(env_cls.generate_task(rng.randrange(seed_limit), rng.choice(difficulties)), 0, 0)
+                  for _ in range(settings.initial_tasks)])
+        return cls(pool, settings, seed)
+
+    def max_turns(self, step: int) -> int | None:
+        return turn_cap(step, self.s.turn_caps, self.s.turn_cap_every, self.s.turn_cap_mode)
+
+    def after_step(self, outcomes: list[tuple[str, bool]], step: int) -> dict[str, float]:
+        """Record (task id, success) of every trained episode; every generate_every steps, add variants
+        of the tasks that failed most. Returns curriculum/ metrics."""
+        by_task: dict[str, list[bool]] = defaultdict(list)
+        for task_id, success in outcomes:
+            by_task[task_id].append(success)
+        self.pool.record(by_task, step)
+        metrics: dict[str, float] = {}
+        if self.s.generate_every and step % self.s.generate_every == 0:
+            counts = self._generate(step)
+            self.totals.update(counts)
+            metrics |= {f"curriculum/{k}": float(v) for k, v in counts.items()}
+        depths: dict[int, list[bool]] = defaultdict(list)
+        for task_id, results in by_task.items():
+            depths[self.pool.get(task_id).depth].extend(results)
+        metrics |= {f"curriculum/success_depth{d}": sum(r) / len(r) for d, r in depths.items()}
+        cap = self.max_turns(step - 1)  # what this step's groups ran under: they started at version step - 1
+        if cap is not None:
+            metrics["curriculum/turn_cap"] = float(cap)
+        return metrics | {"curriculum/pool_size": float(len(self.pool))}
+
+    def _generate(self, step: int) -> Counter:
+        recent = [t for t in self.pool.all() if t.last_seen_step is not None and t.last_seen_step > step -
+                  self.s.generate_every and t.recent_success is not None and t.recent_success < 1.0]
+        recent.sort(key=lambda t: (t.recent_success, t.task.id))
+        candidates = [v for parent in recent[:self.s.parents_per_generation]
+                      for v in procedural_variants(parent, self.rng, step)]
+        accepted, rejected = filter_new_tasks(candidates, self.pool.has_instruction)
+        self.pool.add(accepted)
+        return Counter({"generated": len(candidates), "accepted": len(accepted),
+                        **{f"rejected_{reason}": n for reason, n in rejected.items()}})
+
+    def save(self, checkpoint_dir: Path) -> None:
+        """A consistent copy of the pool into a checkpoint directory."""
+        self.pool.backup(Path(checkpoint_dir) / POOL_FILE)
+
+    def state_dict(self) -> dict:
+        return {"sampler": self.sampler.state_dict(), "rng": self.rng.getstate()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.sampler.load_state_dict(state["sampler"])
+        version, internal, gauss = state["rng"]
+        self.rng.setstate((version, tuple(internal), gauss))
