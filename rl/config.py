@@ -69,6 +69,8 @@ class RolloutConfig:
     # Extra log-normal time (this mean, sigma 1) on every tool call, standing in for remote tools in
     # benchmarks (tests/benchmarks/async_vs_sync.py); 0: none.
     simulated_tool_latency_ms: float = 0.0
+    # Partial masking: a turn whose tool call failed stays in context but out of the loss.
+    mask_error_turns: bool = False
     max_engine_restarts: int = 3  # a vLLM engine whose process dies is restarted this many times per run
     vllm: VLLMConfig = field(default_factory=VLLMConfig)
     # Rollout workers (Ray actors, each one engine and many concurrent episodes) and their placement.

@@ -40,7 +40,8 @@ def episode_limits(cfg: TurnRLConfig) -> EpisodeLimits:
     r = cfg.rollout
     return EpisodeLimits(max_turns=r.max_turns, max_tokens_per_turn=r.max_tokens_per_turn,
                          max_total_tokens=r.max_total_tokens, max_consecutive_errors=r.max_consecutive_errors,
-                         tool_timeout_s=r.tool_timeout_s, simulated_tool_latency_s=r.simulated_tool_latency_ms / 1000)
+                         tool_timeout_s=r.tool_timeout_s, simulated_tool_latency_s=r.simulated_tool_latency_ms / 1000,
+                         mask_error_turns=r.mask_error_turns)
 
 
 def make_rollout_worker(cfg: TurnRLConfig, index: int = 0, node_id: str = "") -> RolloutWorker:

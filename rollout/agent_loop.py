@@ -35,6 +35,9 @@ class EpisodeLimits:
     # Extra time every tool call takes, log-normal (sigma 1, a long tail) with this mean; 0: none.
     # Stands in for remote tools (search APIs, sandboxes) when measuring how rollout overlaps them.
     simulated_tool_latency_s: float = 0.0
+    # Turns whose tool call failed keep their tokens in context but leave the loss (mask 0): the
+    # policy still sees its mistake and the observation, and is not trained to repeat it.
+    mask_error_turns: bool = False
 
 
 class _EpisodeBuffer:
@@ -51,6 +54,10 @@ class _EpisodeBuffer:
         self.loss_mask += [1] * len(token_ids)
         self.logprobs += logprobs
         self.versions += [version] * len(token_ids)
+
+    def mask(self, start: int, end: int) -> None:
+        """Keep tokens [start, end) in context, out of the loss."""
+        self.loss_mask[start:end] = [0] * (end - start)
 
     def add_context(self, token_ids: list[int]) -> None:
         self.token_ids += token_ids
@@ -121,6 +128,10 @@ async def run_episode(
                     finish = FinishReason.TIMEOUT
                     break
             turn.tool_error = result.error
+            # Partial masking: the environment flags a turn (info["mask_turn"]), or a failed tool call.
+            if result.info.get("mask_turn") or (result.error and limits.mask_error_turns):
+                buf.mask(turn.action_start, turn.action_end)
+                turn.masked = True
             consecutive_errors = consecutive_errors + 1 if result.error else 0
             if result.done:
                 finish = FinishReason.DONE

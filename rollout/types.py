@@ -81,6 +81,7 @@ class Turn:
     observation_end: int  # one past the last observation token that follows (== action_end if none)
     tool_error: bool = False
     reward: float = 0.0  # per-turn reward, placed on the turn's last generated token
+    masked: bool = False  # kept in context with loss mask 0 (partial masking of a flagged turn)
 
 
 @dataclass
@@ -90,7 +91,8 @@ class Trajectory:
     Invariants (tested): `token_ids[:prompt_length]` is the prompt; every position with
     `loss_mask == 1` holds a token the engine sampled, with its behaviour log-prob in `logprobs`
     and the policy version that produced it in `versions`; other positions hold prompt,
-    observation or template tokens (`logprobs` 0.0, `versions` -1).
+    observation or template tokens (`logprobs` 0.0, `versions` -1), or the sampled tokens of a
+    masked turn (`Turn.masked`: log-probs and versions kept, loss mask 0).
     """
 
     task_id: str

@@ -4,6 +4,7 @@ import asyncio
 import time
 
 import pytest
+import torch
 
 from rollout.agent_loop import EpisodeLimits, run_episode, run_episodes
 from rollout.chat import ChatFormat, format_tool_call
@@ -172,3 +173,28 @@ def test_simulated_tool_latency_is_log_normal_with_the_configured_mean(tiny_toke
     assert len(sleeps) == episodes * len(calls)
     assert sum(sleeps) / len(sleeps) == pytest.approx(0.2, rel=0.1)
     assert max(sleeps) > 3 * 0.2  # the long tail
+
+
+def test_failed_tool_calls_stay_in_context_but_leave_the_loss_when_masked(tiny_tokenizer):
+    env_cls = get_env("kbsearch")
+    task = env_cls.generate_task(seed=5, difficulty=1)
+    chat = ChatFormat(tiny_tokenizer, env_cls.tools)
+    script = ["not a tool call"] + [format_tool_call(c) for c in env_cls.expert_solution(task)]
+    for mask in (False, True):
+        traj = asyncio.run(run_episode(ScriptedEngine(chat, script), chat, task, SamplingConfig(),
+                                       EpisodeLimits(max_turns=10, mask_error_turns=mask)))
+        bad, good = traj.turns[0], traj.turns[1]
+        assert traj.success and bad.tool_error and bad.masked == mask and not good.masked
+        assert tiny_tokenizer.decode(traj.token_ids[bad.action_start:bad.action_end]).startswith("not a tool")
+        assert set(traj.loss_mask[bad.action_start:bad.action_end]) == {0 if mask else 1}
+        assert set(traj.loss_mask[good.action_start:good.action_end]) == {1}
+
+
+def test_masked_turns_contribute_nothing_to_the_loss_gradient():
+    from rl.losses import policy_loss
+
+    logprobs = torch.tensor([[-1.0, -2.0, -0.5, -1.5]], requires_grad=True)
+    mask = torch.tensor([[1.0, 0.0, 0.0, 1.0]])  # positions 1-2: a masked turn
+    loss, _ = policy_loss(logprobs, logprobs.detach() - 0.1, torch.tensor([1.0]), mask)
+    loss.backward()
+    assert torch.all(logprobs.grad[0, 1:3] == 0) and torch.all(logprobs.grad[0, [0, 3]] != 0)
