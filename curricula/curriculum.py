@@ -4,7 +4,9 @@ step's outcomes feed back, and how new tasks are made from the failed ones.
 `Curriculum.open` starts the pool (`<out_dir>/tasks.sqlite`) with tasks from the environment's
 generator, or restores it from a checkpoint's copy on resume. After each learner step,
 `after_step` records every trained episode's outcome per task and, every `generate_every` steps,
-turns the most-failed recent tasks into variants (`curricula/generate.py`), filtered, into the pool.
+turns the most-failed recent tasks into easier and same-level variants and the mastered ones
+(recent success at or above the band's top) into harder ones (`curricula/generate.py`), filtered,
+into the pool.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ class CurriculumSettings:
     band: list[float] = field(default_factory=lambda: [0.1, 0.9])  # success_band's [low, high]
     ema: float = 0.5  # weight of the newest step in a task's recent success rate
     generate_every: int = 5  # steps between generations of new tasks from failures (0: never)
-    parents_per_generation: int = 8  # failed tasks that get variants each time
+    parents_per_generation: int = 8  # failed (and, apart, mastered) tasks that get variants each time
     # ScalingInter-RL: the turn cap rises through these values every turn_cap_every steps
     # (turn_cap_mode=step) or linearly between them (linear); empty: rollout.max_turns throughout.
     turn_caps: list[int] = field(default_factory=list)
@@ -95,10 +97,14 @@ class Curriculum:
 
     def _generate(self, step: int) -> Counter:
         recent = [t for t in self.pool.all() if t.last_seen_step is not None and t.last_seen_step > step -
-                  self.s.generate_every and t.recent_success is not None and t.recent_success < 1.0]
-        recent.sort(key=lambda t: (t.recent_success, t.task.id))
-        candidates = [v for parent in recent[:self.s.parents_per_generation]
-                      for v in procedural_variants(parent, self.rng, step)]
+                  self.s.generate_every and t.recent_success is not None]
+        failed = sorted((t for t in recent if t.recent_success < self.s.band[1]),
+                        key=lambda t: (t.recent_success, t.task.id))
+        mastered = sorted((t for t in recent if t.recent_success >= self.s.band[1]),
+                          key=lambda t: (-t.recent_success, t.task.id))
+        n = self.s.parents_per_generation
+        candidates = [v for parent in failed[:n] for v in procedural_variants(parent, self.rng, step)]
+        candidates += [v for parent in mastered[:n] for v in procedural_variants(parent, self.rng, step, mastered=True)]
         accepted, rejected = filter_new_tasks(candidates, self.pool.has_instruction)
         self.pool.add(accepted)
         return Counter({"generated": len(candidates), "accepted": len(accepted),

@@ -1,8 +1,8 @@
 """New tasks out of failed ones, and the filters every new task passes before it enters the pool.
 
-Procedural generation asks the environment's own generator for variants of a failed task: one a
-level easier (a stepping stone) and one at the same level with a fresh seed, each recording its
-parent. Filters, in order, each rejection counted by its reason:
+Procedural generation asks the environment's own generator for variants: of a failed task, one a
+level easier (a stepping stone) and one at the same level with a fresh seed; of a mastered task,
+one a level harder (the next rung). Each records its parent. Filters, in order, each rejection counted by its reason:
 - duplicate: the pool already has a task with the same instruction;
 - infeasible: the environment cannot rebuild the task, or its expert solver does not solve it;
 - a difficulty band, when an estimate of success is given (WebRL keeps tasks whose critic or ORM
@@ -24,12 +24,13 @@ from rollout.types import Task
 log = logging.getLogger(__name__)
 
 
-def procedural_variants(parent: PoolTask, rng: random.Random, step: int) -> list[PoolTask]:
-    """An easier variant (one level down, where there is one) and a same-level one, from the env's generator."""
+def procedural_variants(parent: PoolTask, rng: random.Random, step: int, mastered: bool = False) -> list[PoolTask]:
+    """From the env's generator: for a failed parent an easier variant (one level down, where there
+    is one) and a same-level one; for a `mastered` parent a variant one level up (where there is one)."""
     env_cls = get_env(parent.task.env)
     levels = sorted(env_cls.difficulties)
     here = parent.task.difficulty
-    targets = [d for d in (here - 1, here) if d in levels]
+    targets = [d for d in ((here + 1,) if mastered else (here - 1, here)) if d in levels]
     out = []
     for difficulty in targets:
         task = env_cls.generate_task(rng.randrange(10**9), difficulty)

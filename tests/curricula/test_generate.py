@@ -32,3 +32,12 @@ def test_filters_reject_duplicates_infeasible_tasks_and_tasks_outside_the_band()
     accepted, rejected = filter_new_tasks(good[:2], lambda text: False, estimate=lambda t: 0.9)
     assert not accepted and rejected == {"difficulty": 2}
     assert feasible(good[0].task) and not feasible(broken.task)
+
+
+def test_a_mastered_task_gets_a_harder_variant_and_the_hardest_level_none():
+    env = get_env("kbsearch")
+    parent = PoolTask(env.generate_task(3, 2), 0, 0)
+    (harder,) = procedural_variants(parent, random.Random(0), step=4, mastered=True)
+    assert harder.task.difficulty == 3 and harder.task.parent_id == parent.task.id
+    top = PoolTask(env.generate_task(3, max(env.difficulties)), 0, 0)
+    assert procedural_variants(top, random.Random(0), step=4, mastered=True) == []
