@@ -57,7 +57,12 @@ def engine(loop, model_dir):
     async def start():  # inside the loop, so vLLM's output handler runs on it
         return VLLMEngine(str(model_dir), dtype="float32", max_model_len=512, seed=0, kv_cache_gib=1)
 
+    import psutil
+
+    # Processes already here (a session's local Ray, say) are not the engine's.
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
     engine = loop.run_until_complete(start())
+    engine.test_preexisting_pids = before
     yield engine
     loop.run_until_complete(engine.shutdown())
 
@@ -175,9 +180,10 @@ def test_shutdown_leaves_no_processes_behind(loop, engine):
     import psutil
 
     me = psutil.Process()
-    assert me.children(recursive=True), "the engine should be running in child processes"
+    mine = lambda: [p for p in me.children(recursive=True) if p.pid not in engine.test_preexisting_pids]  # noqa: E731
+    assert mine(), "the engine should be running in child processes"
     loop.run_until_complete(engine.shutdown())
-    children = [p for p in me.children(recursive=True) if not _resource_tracker(p)]
+    children = [p for p in mine() if not _resource_tracker(p)]
     _, alive = psutil.wait_procs(children, timeout=60)
     alive = [p for p in alive if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
     assert not alive, f"still running after shutdown: {[p.pid for p in alive]}"
