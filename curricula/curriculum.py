@@ -53,6 +53,7 @@ class Curriculum:
                                    band=(settings.band[0], settings.band[1]))
         self.rng = random.Random(seed + 1)
         self.totals: Counter = Counter()
+        self.last_accepted: list[PoolTask] = []  # the tasks the last generation added
 
     @classmethod
     def open(cls, out_dir: Path, settings: CurriculumSettings, env_name: str, difficulties: list[int], seed: int,
@@ -82,6 +83,7 @@ class Curriculum:
             by_task[task_id].append(success)
         self.pool.record(by_task, step)
         metrics: dict[str, float] = {}
+        self.last_accepted = []
         if self.s.generate_every and step % self.s.generate_every == 0:
             counts = self._generate(step)
             self.totals.update(counts)
@@ -107,6 +109,7 @@ class Curriculum:
         candidates += [v for parent in mastered[:n] for v in procedural_variants(parent, self.rng, step, mastered=True)]
         accepted, rejected = filter_new_tasks(candidates, self.pool.has_instruction)
         self.pool.add(accepted)
+        self.last_accepted = accepted
         return Counter({"generated": len(candidates), "accepted": len(accepted),
                         **{f"rejected_{reason}": n for reason, n in rejected.items()}})
 

@@ -1,4 +1,5 @@
-"""The one metrics sink: every metric goes to `metrics.jsonl` and, unless disabled, to wandb.
+"""The one metrics sink: every metric goes to `metrics.jsonl` and, unless disabled, to wandb; and
+the step metrics and summaries the training loop logs through it.
 
 Metric names follow the usual prefixes: `rollout/`, `train/`, `reward/`, `eval/`, `perf/`.
 """
@@ -10,8 +11,16 @@ import logging
 import math
 import netrc
 import os
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from rollout.types import Trajectory
+
+if TYPE_CHECKING:
+    from rl.rollout_pool import RolloutStats
 
 log = logging.getLogger(__name__)
 
@@ -90,3 +99,50 @@ def _plain(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
+
+
+def rollout_metrics(trajs: list[Trajectory]) -> dict[str, float]:
+    """rollout/ and reward/ metrics of one step's trained episodes."""
+    n = len(trajs)
+    rewards = torch.tensor([t.reward for t in trajs])
+    turns = [len(t.turns) for t in trajs]
+    metrics = {
+        "rollout/success_rate": sum(t.success for t in trajs) / n,
+        "rollout/mean_turns": sum(turns) / n,
+        "rollout/gen_tokens": float(sum(t.num_generated_tokens for t in trajs)),
+        "rollout/mean_length": sum(len(t.token_ids) for t in trajs) / n,
+        "rollout/tool_error_rate": sum(tu.tool_error for t in trajs for tu in t.turns) / max(sum(turns), 1),
+        "reward/mean": rewards.mean().item(),
+        "reward/std": rewards.std().item() if n > 1 else 0.0,
+    }
+    for traj in trajs:
+        key = f"rollout/finish_{traj.finish_reason.value}"
+        metrics[key] = metrics.get(key, 0.0) + 1.0 / n
+    return metrics
+
+
+def sample_table(trajs: list[Trajectory], tokenizer, limit: int = 4) -> tuple[list[str], list[list]]:
+    """(columns, rows) of a wandb table of the first `limit` episodes, decoded."""
+    rows = [[t.task_id, t.difficulty, t.success, t.reward, t.finish_reason.value, len(t.turns),
+             tokenizer.decode(t.token_ids[t.prompt_length:], skip_special_tokens=False)] for t in trajs[:limit]]
+    return ["task", "difficulty", "success", "reward", "finish", "turns", "episode"], rows
+
+
+def mean_by_key(rows: list[dict[str, float]]) -> dict[str, float]:
+    """Each key's mean over the rows that have it."""
+    keys = {k for row in rows for k in row}
+    return {k: sum(row[k] for row in rows if k in row) / sum(k in row for row in rows) for k in keys}
+
+
+def workers_summary(stats: RolloutStats) -> dict:
+    """The run summary's account of the rollout workers: where they ran, restarts, re-queued calls."""
+    return {"count": len(stats.workers), "nodes": len({w.node_id for w in stats.workers}),
+            "engine_restarts": stats.engine_restarts, "worker_restarts": stats.worker_restarts,
+            "requeued_calls": stats.requeued_calls,
+            "placement": [asdict(w) for w in stats.workers]}
+
+
+def history_mean(history: list[dict], key: str) -> float:
+    """The mean of `key` over the logged rows that have it (0 if none)."""
+    values = [row[key] for row in history if row.get(key) is not None]
+    return sum(values) / len(values) if values else 0.0

@@ -38,9 +38,9 @@ from rl.engines import make_reward
 from rl.evaluate import EvalResult, evaluate
 from rl.learner import Learner, LearnerConfig, make_train_batch, split_mini_batches
 from rl.learner_ranks import announce, finish_learner_ranks, follow_rank0, start_learner_ranks, stop_learner_ranks
-from rl.metrics import MetricsSink
+from rl.metrics import MetricsSink, history_mean, mean_by_key, rollout_metrics, sample_table, workers_summary
 from rl.report import write_report
-from rl.rollout_pool import RolloutStats, start_ray, start_rollout
+from rl.rollout_pool import start_ray, start_rollout
 from rollout.engines.base import SamplingConfig
 from rollout.store import TrajectoryStore, trajectory_record
 from rollout.types import Task, Trajectory
@@ -57,31 +57,6 @@ def learner_config(cfg: TurnRLConfig) -> LearnerConfig:
                          temperature=cfg.rollout.temperature, loss_agg=a.loss_agg,
                          loss_agg_norm_length=a.loss_agg_norm_length or cfg.rollout.max_total_tokens,
                          importance_weights=a.importance_weights, is_cap=a.is_cap)
-
-
-def rollout_metrics(trajs: list[Trajectory]) -> dict[str, float]:
-    n = len(trajs)
-    rewards = torch.tensor([t.reward for t in trajs])
-    turns = [len(t.turns) for t in trajs]
-    metrics = {
-        "rollout/success_rate": sum(t.success for t in trajs) / n,
-        "rollout/mean_turns": sum(turns) / n,
-        "rollout/gen_tokens": float(sum(t.num_generated_tokens for t in trajs)),
-        "rollout/mean_length": sum(len(t.token_ids) for t in trajs) / n,
-        "rollout/tool_error_rate": sum(tu.tool_error for t in trajs for tu in t.turns) / max(sum(turns), 1),
-        "reward/mean": rewards.mean().item(),
-        "reward/std": rewards.std().item() if n > 1 else 0.0,
-    }
-    for traj in trajs:
-        key = f"rollout/finish_{traj.finish_reason.value}"
-        metrics[key] = metrics.get(key, 0.0) + 1.0 / n
-    return metrics
-
-
-def sample_table(trajs: list[Trajectory], tokenizer, limit: int = 4) -> tuple[list[str], list[list]]:
-    rows = [[t.task_id, t.difficulty, t.success, t.reward, t.finish_reason.value, len(t.turns),
-             tokenizer.decode(t.token_ids[t.prompt_length:], skip_special_tokens=False)] for t in trajs[:limit]]
-    return ["task", "difficulty", "success", "reward", "finish", "turns", "episode"], rows
 
 
 def _resolve_resume(resume: str, out_dir: str) -> Path | None:
@@ -320,7 +295,7 @@ async def _train_rank0(cfg: TurnRLConfig) -> dict:
             step_s = time.perf_counter() - t0
             metrics = {
                 **rollout_metrics(trajs),
-                **{f"reward/{k}": v for k, v in _means([g.reward_metrics for g in groups]).items()},
+                **{f"reward/{k}": v for k, v in mean_by_key([g.reward_metrics for g in groups]).items()},
                 **train_metrics,
                 "rollout/staleness_mean": sum(stats.staleness) / len(stats.staleness),
                 "rollout/staleness_max": max(stats.staleness),
@@ -340,6 +315,11 @@ async def _train_rank0(cfg: TurnRLConfig) -> dict:
             if curriculum is not None:
                 metrics |= await asyncio.to_thread(curriculum.after_step, [(t.task_id, t.success) for t in trajs],
                                                    step + 1)
+                if curriculum.last_accepted:
+                    sink.log_table("curriculum/generated_tasks", ["task", "parent", "origin", "difficulty", "depth",
+                                                                  "instruction"],
+                                   [[t.task.id, t.task.parent_id, t.task.origin, t.task.difficulty, t.depth,
+                                     t.task.instruction] for t in curriculum.last_accepted], step=step + 1)
             if cfg.train.eval_every and (step + 1) % cfg.train.eval_every == 0 and step + 1 < cfg.train.steps:
                 mid_eval, _ = await evaluate(rollout, heldout, desc=f"eval step {step + 1}")
                 metrics.update(mid_eval.metrics("eval/"))
@@ -389,10 +369,10 @@ async def _train_rank0(cfg: TurnRLConfig) -> dict:
                                "dropped_stale": stats.dropped_stale, "filtered_uniform": stats.filtered_uniform,
                                "abandoned": stats.abandoned,
                                "ready_at_end": stats.ready},
-            "rollout/workers": _workers_summary(rollout.stats()),
+            "rollout/workers": workers_summary(rollout.stats()),
             **({"curriculum": {"pool_size": len(curriculum.pool), **curriculum.totals}} if curriculum else {}),
             "perf/wall_s": time.perf_counter() - run_start,
-            "perf/mean_weight_sync_s": _mean(sink.history, "perf/weight_sync_s"),
+            "perf/mean_weight_sync_s": history_mean(sink.history, "perf/weight_sync_s"),
             "final_model": str(out_dir / "final_model"),
         }
         (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -408,23 +388,6 @@ async def _train_rank0(cfg: TurnRLConfig) -> dict:
         if curriculum is not None:
             curriculum.pool.close()
         await rollout.shutdown()
-
-
-def _means(rows: list[dict[str, float]]) -> dict[str, float]:
-    keys = {k for row in rows for k in row}
-    return {k: sum(row[k] for row in rows if k in row) / sum(k in row for row in rows) for k in keys}
-
-
-def _workers_summary(stats: RolloutStats) -> dict:
-    return {"count": len(stats.workers), "nodes": len({w.node_id for w in stats.workers}),
-            "engine_restarts": stats.engine_restarts, "worker_restarts": stats.worker_restarts,
-            "requeued_calls": stats.requeued_calls,
-            "placement": [asdict(w) for w in stats.workers]}
-
-
-def _mean(history: list[dict], key: str) -> float:
-    values = [row[key] for row in history if row.get(key) is not None]
-    return sum(values) / len(values) if values else 0.0
 
 
 def train(cfg: TurnRLConfig) -> dict:
