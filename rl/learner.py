@@ -11,7 +11,6 @@ import logging
 import math
 import os
 import random
-import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +31,7 @@ from rl.losses import (
     token_logprobs,
 )
 from rl.packing import micro_batches, packed_logits
+from rl.weight_sync import free_port
 from rollout.types import Trajectory
 
 log = logging.getLogger(__name__)
@@ -161,12 +161,6 @@ def deepspeed_config(micro_batch_size: int, world_size: int, grad_clip: float, z
     }
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def init_distributed(backend: str | None = None) -> None:
     """Join (or, without a launcher, create) the process group. Under torchrun/deepspeed the env
     vars are set; a bare `python` gets a world of one on a free local port."""
@@ -174,7 +168,7 @@ def init_distributed(backend: str | None = None) -> None:
     from deepspeed.accelerator import get_accelerator
 
     if "RANK" not in os.environ:
-        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), RANK="0", WORLD_SIZE="1",
+        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port("127.0.0.1")), RANK="0", WORLD_SIZE="1",
                           LOCAL_RANK="0")
     accel = get_accelerator()
     if backend is None:

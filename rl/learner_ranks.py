@@ -78,6 +78,7 @@ def start_learner_ranks(cfg) -> list[LearnerRank]:
     """
     import ray
 
+    from rl.rollout_pool import actor_runtime_env
     from rl.weight_sync import free_port
 
     if "WORLD_SIZE" in os.environ:
@@ -88,12 +89,11 @@ def start_learner_ranks(cfg) -> list[LearnerRank]:
     port = free_port(host)
     world = cfg.train.learner_ranks
     rendezvous = {"MASTER_ADDR": host, "MASTER_PORT": str(port), "WORLD_SIZE": str(world), "LOCAL_RANK": "0"}
-    passed = {k: os.environ[k] for k in ("TOKENIZERS_PARALLELISM", "TURNRL_CACHE", "HF_HOME") if k in os.environ}
     ranks = []
     for rank in range(1, world):
         actor = ray.remote(LearnerRankActor).options(
             num_cpus=cfg.train.cpus_per_learner_rank, num_gpus=cfg.train.gpus_per_learner_rank,
-            runtime_env={"env_vars": {**passed, **rendezvous, "RANK": str(rank)}}).remote()
+            runtime_env=actor_runtime_env(**rendezvous, RANK=str(rank))).remote()
         ranks.append(LearnerRank(actor, actor.run.remote(cfg)))
     os.environ.update(rendezvous, RANK="0")
     log.info("learner ranks 1..%d started as Ray actors; rendezvous at %s:%d", world - 1, host, port)

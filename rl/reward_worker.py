@@ -48,7 +48,10 @@ class RemoteReward:
     def _start(self):
         import ray
 
-        return ray.remote(RewardActor).options(num_cpus=self.cfg.reward.cpus_per_worker).remote(self.cfg, self.name)
+        from rl.rollout_pool import actor_runtime_env
+
+        return ray.remote(RewardActor).options(num_cpus=self.cfg.reward.cpus_per_worker,
+                                               runtime_env=actor_runtime_env()).remote(self.cfg, self.name)
 
     async def __call__(self, task: Task, trajectories: list[Trajectory]) -> GroupRewards:
         from ray.exceptions import RayActorError

@@ -37,8 +37,15 @@ from rollout.worker import RolloutWorker, WorkerInfo
 
 log = logging.getLogger(__name__)
 
-# Passed to worker processes, which Ray may start from another shell (`ray start`) than the trainer's.
-_PASSED_ENV = ("VLLM_CPU_KVCACHE_SPACE", "TOKENIZERS_PARALLELISM", "TURNRL_CACHE", "HF_HOME", "CUDA_VISIBLE_DEVICES")
+# Passed to every actor (rollout, reward and learner workers), whose processes Ray may start from
+# another shell (`ray start`) than the trainer's. Not CUDA_VISIBLE_DEVICES: Ray sets that per actor
+# from the GPUs it assigns.
+_PASSED_ENV = ("VLLM_CPU_KVCACHE_SPACE", "TOKENIZERS_PARALLELISM", "TURNRL_CACHE", "HF_HOME")
+
+
+def actor_runtime_env(**env_vars: str) -> dict:
+    """The runtime environment of a turnrl actor: this process's settings that workers need, plus `env_vars`."""
+    return {"env_vars": {**{k: os.environ[k] for k in _PASSED_ENV if k in os.environ}, **env_vars}}
 
 
 _LAUNCHER_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK", "MASTER_ADDR",
@@ -186,11 +193,10 @@ class RolloutPool:
         import ray
 
         r = self.cfg.rollout
-        env_vars = {k: os.environ[k] for k in _PASSED_ENV if k in os.environ}
         return ray.remote(RolloutActor).options(
             name=f"turnrl-rollout-{index}-{time.monotonic_ns()}", num_cpus=r.cpus_per_worker,
             num_gpus=r.gpus_per_worker, resources=dict(r.worker_resources) or None,
-            scheduling_strategy="SPREAD", runtime_env={"env_vars": env_vars},
+            scheduling_strategy="SPREAD", runtime_env=actor_runtime_env(),
         ).remote(self.cfg, index)
 
     async def _await_start(self, actors: list) -> list[WorkerInfo]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +15,7 @@ from transformers import Qwen2ForCausalLM
 
 from rl.learner import Learner, LearnerConfig, TrainBatch, make_train_batch, split_mini_batches
 from rl.losses import token_logprobs
+from rl.weight_sync import free_port
 from rollout.types import FinishReason, Trajectory
 
 WORKER = Path(__file__).with_name("ds_two_rank_worker.py")
@@ -181,12 +181,6 @@ def test_state_dict_for_inference_is_hf_named_and_save_pretrained_round_trips(qw
         assert torch.equal(reloaded[name], tensor), name
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("cut", [{"micro_batch_size": 2}, {"micro_batch_tokens": 20, "pack_sequences": True}])
 def test_two_rank_zero2_matches_one_rank_and_resumes(qwen2_dir, tmp_path, cut):
@@ -200,7 +194,7 @@ def test_two_rank_zero2_matches_one_rank_and_resumes(qwen2_dir, tmp_path, cut):
            if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
     env["OMP_NUM_THREADS"] = "1"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
-           f"--master_port={_free_port()}", str(WORKER), str(qwen2_dir), str(tmp_path / "batch.pt"),
+           f"--master_port={free_port('127.0.0.1')}", str(WORKER), str(qwen2_dir), str(tmp_path / "batch.pt"),
            str(tmp_path), "--config", json.dumps(dataclasses.asdict(cfg))]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
