@@ -35,6 +35,15 @@ class GroupRewards:
             return list(self.outcome)
         return [o + sum(t) for o, t in zip(self.outcome, self.turn, strict=True)]
 
+    def assign(self, trajectories: list[Trajectory]) -> list[float]:
+        """Write the rewards onto `trajectories` (`reward`: the total; each turn's own); returns the totals."""
+        totals = self.totals()
+        for i, traj in enumerate(trajectories):
+            traj.reward = totals[i]
+            for turn, value in zip(traj.turns, self.turn[i] if self.turn else [], strict=False):
+                turn.reward = value
+        return totals
+
 
 class Reward(Protocol):
     async def __call__(self, task: Task, trajectories: list[Trajectory]) -> GroupRewards: ...

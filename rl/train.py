@@ -18,7 +18,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -124,12 +124,7 @@ async def generate_groups(buffer: GroupBuffer, rollout, reward: Reward, sampler,
             trajs = await rollout.run_episodes([task] * group_size, group_sampling, [str(index)] * group_size,
                                                max_turns_at(buffer.version))
             scored = await reward(task, trajs)  # overlaps other groups' generation
-            totals = scored.totals()
-            for i, traj in enumerate(trajs):
-                traj.reward = totals[i]
-                for turn, value in zip(traj.turns, scored.turn[i] if scored.turn else [], strict=False):
-                    turn.reward = value
-            await buffer.put(ScoredGroup(index, trajs, totals, task, scored.metrics))
+            await buffer.put(ScoredGroup(index, trajs, scored.assign(trajs), task, scored.metrics))
         except asyncio.CancelledError:
             buffer.abandon()
             raise
@@ -153,10 +148,20 @@ async def generate_groups(buffer: GroupBuffer, rollout, reward: Reward, sampler,
         await asyncio.gather(*running, return_exceptions=True)
 
 
-def build_learners(cfg: TurnRLConfig) -> tuple[Learner, Critic | None, int, dict]:
-    """The policy learner (and PPO's critic), resumed from `train.resume` if set: (learner, critic,
-    the step to start at, the checkpoint's extra state). Joins the learner's process group."""
-    resume_dir = _resolve_resume(cfg.train.resume, cfg.train.out_dir)
+@dataclass
+class Learners:
+    """The policy learner and PPO's critic, and where they resumed from."""
+
+    learner: Learner
+    critic: Critic | None
+    start_step: int = 0
+    extra: dict = field(default_factory=dict)  # the checkpoint's extra state (samplers, SFT eval)
+    checkpoint: Path | None = None  # the checkpoint resumed from (None: a fresh start)
+
+
+def build_learners(cfg: TurnRLConfig) -> Learners:
+    """The learner (and PPO's critic), resumed from `train.resume` if set. Joins the learner's process group."""
+    checkpoint = _resolve_resume(cfg.train.resume, cfg.train.out_dir)
     learner = Learner(cfg.model.path, learner_config(cfg))
     critic = None
     if cfg.algo.name == "ppo":
@@ -164,18 +169,19 @@ def build_learners(cfg: TurnRLConfig) -> tuple[Learner, Critic | None, int, dict
                                                      micro_batch_size=cfg.algo.micro_batch_size,
                                                      grad_clip=cfg.algo.grad_clip, zero_stage=cfg.algo.zero_stage,
                                                      seed=cfg.train.seed))
-    start_step, extra = 0, {}
-    if resume_dir is not None:
-        start_step, extra = load_checkpoint(resume_dir, learner)
-        log.info("rank %d resumed from %s at step %d", learner.rank, resume_dir, start_step)
-    return learner, critic, start_step, extra
+    built = Learners(learner, critic, checkpoint=checkpoint)
+    if checkpoint is not None:
+        built.start_step, built.extra = load_checkpoint(checkpoint, learner)
+        log.info("rank %d resumed from %s at step %d", learner.rank, checkpoint, built.start_step)
+    return built
 
 
 def run_learner_rank(cfg: TurnRLConfig) -> dict:
     """A learner rank other than 0 (a torchrun process or a Ray actor): mirror rank 0's learner calls
     (rl/learner_ranks.py) until it stops."""
     torch.manual_seed(cfg.train.seed)
-    learner, critic, _, _ = build_learners(cfg)
+    built = build_learners(cfg)
+    learner, critic = built.learner, built.critic
     out_dir = Path(cfg.train.out_dir)
     config_dict = OmegaConf.to_container(OmegaConf.structured(cfg))
     follow_rank0({
@@ -210,7 +216,8 @@ async def _train_rank0(cfg: TurnRLConfig) -> dict:
     out_dir = Path(cfg.train.out_dir)
     ckpt_root = out_dir / "checkpoints"
     torch.manual_seed(cfg.train.seed)
-    learner, critic, start_step, extra = build_learners(cfg)
+    built = build_learners(cfg)
+    learner, critic, start_step, extra = built.learner, built.critic, built.start_step, built.extra
     config_dict = OmegaConf.to_container(OmegaConf.structured(cfg))
     tokenizer = AutoTokenizer.from_pretrained(cfg.model.path)
     ranks = learner.world_size
@@ -239,7 +246,7 @@ async def _train_rank0(cfg: TurnRLConfig) -> dict:
     curriculum = None
     if cfg.curriculum.enabled:  # tasks from a pool that grows out of the failed ones
         curriculum = Curriculum.open(out_dir, cfg.curriculum, cfg.env.name, cfg.env.train_difficulties, cfg.train.seed,
-                                     cfg.env.eval_seed_offset, _resolve_resume(cfg.train.resume, cfg.train.out_dir))
+                                     cfg.env.eval_seed_offset, built.checkpoint)
         sampler = curriculum.sampler
         if "curriculum" in extra:
             curriculum.load_state_dict(extra["curriculum"])

@@ -46,6 +46,9 @@ def test_weighted_sum_adds_outcomes_and_turn_rewards_by_weight_and_prefixes_metr
     assert out.turn == [[-0.1, 0.0], [0.0]]
     assert out.totals() == pytest.approx([0.9, 0.0])
     assert out.metrics["verifier/mean"] == 0.5 and "format/error_turn_share" in out.metrics
+    trajs = [traj(True, errors=(True, False)), traj(False, errors=(False,))]
+    assert run(reward, trajs).assign(trajs) == pytest.approx([0.9, 0.0])
+    assert trajs[0].reward == pytest.approx(0.9) and [t.reward for t in trajs[0].turns] == [-0.1, 0.0]
 
 
 def test_weighted_sum_rejects_a_term_that_returns_the_wrong_count():
