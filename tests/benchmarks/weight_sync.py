@@ -49,13 +49,18 @@ async def pool_sync_seconds(model_dir: Path, state: dict, backend: str, workers:
     pool = await RolloutPool.start(cfg)
     try:
         await pool.update_weights(state, version=1)  # forms the broadcast group; not timed
-        times = []
-        for version in range(2, repeats + 2):
-            t0 = time.perf_counter()
-            await pool.update_weights(state, version=version)
-            times.append(time.perf_counter() - t0)
+        return await median_seconds(lambda i: pool.update_weights(state, version=2 + i), repeats)
     finally:
         await pool.shutdown()
+
+
+async def median_seconds(call, repeats: int) -> float:
+    """The median time of `await call(i)` for i in range(repeats)."""
+    times = []
+    for i in range(repeats):
+        t0 = time.perf_counter()
+        await call(i)
+        times.append(time.perf_counter() - t0)
     return statistics.median(times)
 
 
@@ -68,23 +73,17 @@ async def measure(model_dir: Path, workers: int, repeats: int) -> dict:
 
     state = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).state_dict()
     megabytes = sum(t.numel() * t.element_size() for t in state.values()) / 2**20
-    copies = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        _ = {k: v.clone() for k, v in state.items()}
-        copies.append(time.perf_counter() - t0)
+
+    async def plain_copy(i: int) -> None:
+        {k: v.clone() for k, v in state.items()}
+
+    copy_s = await median_seconds(plain_copy, repeats)
     engine = make_engine(load_config(), str(model_dir), kind="vllm")
     try:
-        syncs = []
-        for version in range(1, repeats + 1):
-            t0 = time.perf_counter()
-            await engine.update_weights(state, version=version)
-            syncs.append(time.perf_counter() - t0)
+        vllm_s = await median_seconds(lambda i: engine.update_weights(state, version=1 + i), repeats)
     finally:
         await engine.shutdown()
-    copy_s = statistics.median(copies)
-    row = {"model": model_dir.name, "megabytes": megabytes, "plain_copy_s": copy_s,
-           "vllm_in_place_s": statistics.median(syncs)}
+    row = {"model": model_dir.name, "megabytes": megabytes, "plain_copy_s": copy_s, "vllm_in_place_s": vllm_s}
     for backend in ("object_store", "broadcast"):
         row[f"{backend}_s"] = await pool_sync_seconds(model_dir, state, backend, workers, repeats)
         row[f"{backend}_over_copy"] = row[f"{backend}_s"] / max(copy_s, 1e-9)
