@@ -78,14 +78,14 @@ def start_learner_ranks(cfg) -> list[LearnerRank]:
     """
     import ray
 
-    from rl.rollout_pool import actor_runtime_env
+    from rl.rollout_pool import actor_runtime_env, rendezvous_host
     from rl.weight_sync import free_port
 
     if "WORLD_SIZE" in os.environ:
         raise RuntimeError(f"train.learner_ranks={cfg.train.learner_ranks} starts learner ranks as Ray actors, but "
                            f"this process is already one of {os.environ['WORLD_SIZE']} launched ranks (torchrun); "
                            "use one or the other")
-    host = "127.0.0.1" if not cfg.ray.address else ray.util.get_node_ip_address()
+    host = rendezvous_host(cfg)
     port = free_port(host)
     world = cfg.train.learner_ranks
     rendezvous = {"MASTER_ADDR": host, "MASTER_PORT": str(port), "WORLD_SIZE": str(world), "LOCAL_RANK": "0"}

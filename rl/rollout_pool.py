@@ -162,6 +162,14 @@ def start_ray(cfg: TurnRLConfig) -> bool:
     return True
 
 
+def rendezvous_host(cfg: TurnRLConfig) -> str:
+    """Where this process's process groups (weight broadcast, learner ranks) meet their Ray actors:
+    localhost for a local Ray, this node's address on a cluster."""
+    import ray
+
+    return ray.util.get_node_ip_address() if cfg.ray.address else "127.0.0.1"
+
+
 class RolloutPool:
     """`rollout.num_workers` rollout workers as Ray actors (see the module doc)."""
 
@@ -287,9 +295,8 @@ class RolloutPool:
             slot.info = info
 
     async def _form_group(self) -> None:
-        import ray
 
-        host = "127.0.0.1" if not self.cfg.ray.address else ray.util.get_node_ip_address()
+        host = rendezvous_host(self.cfg)
         port = free_port(host)
         world = len(self._slots) + 1
         joins = [s.actor.join_broadcast.remote(host, port, i + 1, world, self.timeout_s)
