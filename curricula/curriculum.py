@@ -92,6 +92,7 @@ class Curriculum:
         for task_id, results in by_task.items():
             depths[self.pool.get(task_id).depth].extend(results)
         metrics |= {f"curriculum/success_depth{d}": sum(r) / len(r) for d, r in depths.items()}
+        self.sampler.refresh()  # the statistics and the pool changed
         cap = self.max_turns(step - 1)  # what this step's groups ran under: they started at version step - 1
         if cap is not None:
             metrics["curriculum/turn_cap"] = float(cap)

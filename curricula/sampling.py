@@ -46,6 +46,12 @@ class PoolSampler:
             raise ValueError(f"sampler mix {mix}: weights of uniform, success_band, learning_progress, one > 0")
         self.pool_tasks, self.mix, self.band = pool_tasks, mix, band
         self.rng = random.Random(seed)
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Re-read the pool and its statistics (after they change), rather than on every draw."""
+        self._tasks = self.pool_tasks()
+        self._weights = self.weights(self._tasks)
 
     def weights(self, tasks: list[PoolTask]) -> list[float]:
         parts = {"uniform": uniform_weights(tasks), "success_band": success_band_weights(tasks, *self.band),
@@ -57,10 +63,9 @@ class PoolSampler:
         return total
 
     def sample(self, n: int) -> list[Task]:
-        tasks = self.pool_tasks()
-        if not tasks:
+        if not self._tasks:
             raise RuntimeError("the task pool is empty")
-        return [t.task for t in self.rng.choices(tasks, weights=self.weights(tasks), k=n)]
+        return [t.task for t in self.rng.choices(self._tasks, weights=self._weights, k=n)]
 
     def state_dict(self) -> dict:
         return {"rng": self.rng.getstate()}
