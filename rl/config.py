@@ -17,6 +17,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from curricula.curriculum import CurriculumSettings
+from curricula.replay import ReplaySettings
 from rewards.judge import JudgeSettings
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -200,6 +201,11 @@ class CurriculumConfig(CurriculumSettings):
 
 
 @dataclass
+class ReplayConfig(ReplaySettings):
+    """Replay of confident past successes (curricula/replay.py); replay.ratio=0 turns it off."""
+
+
+@dataclass
 class LoggerConfig:
     wandb_mode: str = "auto"  # auto (online when logged in, else offline) | online | offline | disabled
     project: str = "turnrl"
@@ -253,6 +259,7 @@ class TurnRLConfig:
     orm: OrmConfig = field(default_factory=OrmConfig)
     judge: JudgeConfig = field(default_factory=JudgeConfig)
     curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
+    replay: ReplayConfig = field(default_factory=ReplayConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -316,6 +323,13 @@ def validate(cfg: TurnRLConfig) -> None:
     if c.enabled and (c.initial_tasks < 1 or len(c.band) != 2 or c.uniform + c.success_band + c.learning_progress <= 0):
         raise ConfigError("curriculum.enabled needs curriculum.initial_tasks >= 1, curriculum.band=[low, high] and a "
                           "positive weight among curriculum.uniform/success_band/learning_progress")
+    r = cfg.replay
+    if r.ratio < 0 or not 0 <= r.min_confidence <= r.max_confidence <= 1 or r.capacity < 1:
+        raise ConfigError(f"replay.ratio={r.ratio} must be >= 0, 0 <= replay.min_confidence={r.min_confidence} <= "
+                          f"replay.max_confidence={r.max_confidence} <= 1 and replay.capacity={r.capacity} >= 1")
+    if r.ratio > 0 and cfg.algo.name == "ppo":
+        raise ConfigError("replay.ratio > 0 needs a group-advantage estimator (grpo, dr_grpo, rloo, reinforce_pp): "
+                          "a replayed episode keeps its advantage, which PPO's critic recomputes per token")
     if cfg.logger.wandb_mode not in _WANDB_MODES:
         raise ConfigError(f"logger.wandb_mode={cfg.logger.wandb_mode!r} must be one of {_WANDB_MODES}")
     from rl.advantages import ADVANTAGE_ESTIMATORS

@@ -27,20 +27,22 @@ from tqdm import tqdm
 from transformers import AutoTokenizer
 
 from curricula.curriculum import Curriculum
+from curricula.replay import ReplayBuffer
 from curricula.tasks import UniformTaskSampler, heldout_tasks
 from rewards.base import Reward
-from rl.advantages import compute_advantages, gae_advantages, outcome_token_rewards, varied_groups, whiten
+from rl.advantages import compute_advantages
 from rl.buffer import GroupBuffer, ScoredGroup
 from rl.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
 from rl.config import TurnRLConfig
 from rl.critic import Critic, CriticConfig
 from rl.engines import make_reward
 from rl.evaluate import EvalResult, evaluate
-from rl.learner import Learner, LearnerConfig, make_train_batch, split_mini_batches
+from rl.learner import Learner, LearnerConfig
 from rl.learner_ranks import announce, finish_learner_ranks, follow_rank0, start_learner_ranks, stop_learner_ranks
 from rl.metrics import MetricsSink, history_mean, mean_by_key, rollout_metrics, sample_table, workers_summary
 from rl.report import write_report
 from rl.rollout_pool import start_ray, start_rollout
+from rl.update import policy_update
 from rollout.engines.base import SamplingConfig
 from rollout.store import TrajectoryStore, trajectory_record
 from rollout.types import Task, Trajectory
@@ -73,42 +75,6 @@ def _resolve_resume(resume: str, out_dir: str) -> Path | None:
     if latest is None:
         raise CheckpointError(f"train.resume={resume}: no complete checkpoint there")
     return latest
-
-
-def policy_update(learner: Learner, critic: Critic | None, cfg: TurnRLConfig, trajs: list[Trajectory],
-                  group_ids: list[str], rewards: torch.Tensor, pad_id: int | None, step: int) -> dict[str, float]:
-    """Advantages, then `algo.mini_batches` optimizer steps on the batch (and, for PPO, one critic
-    step on it); returns train/ metrics."""
-    keep = varied_groups(rewards, group_ids)
-    metrics = {"train/informative_group_share": keep.float().mean().item()}
-    if critic is not None:  # PPO: per-token GAE advantages over the critic's values
-        batch = make_train_batch(trajs, torch.zeros(len(trajs)), pad_id)
-        values = critic.values(batch)
-        turn_sums = torch.tensor([sum(tu.reward for tu in t.turns) for t in trajs])
-        token_rewards = outcome_token_rewards(rewards - turn_sums, batch.loss_mask)
-        for i, traj in enumerate(trajs):  # per-turn rewards on each turn's last generated token
-            for turn in traj.turns:
-                if turn.reward and turn.action_end > turn.action_start:
-                    token_rewards[i, turn.action_end - 1] += turn.reward
-        advantages, returns = gae_advantages(token_rewards, values, batch.loss_mask, cfg.algo.gamma, cfg.algo.lam)
-        batch.advantages = whiten(advantages, batch.loss_mask)
-        metrics |= {f"train/{k}": v for k, v in critic.train_step(batch, returns, values).items()}
-    else:
-        advantages = compute_advantages(cfg.algo.name, rewards, group_ids)
-        if not cfg.algo.drop_uniform_groups:
-            keep = torch.ones_like(keep)
-        if not keep.any():
-            log.info("step %d: every group's rewards are equal; no learner step", step + 1)
-            return metrics | {"train/optimizer_steps": learner.step}
-        batch = make_train_batch([t for t, k in zip(trajs, keep, strict=True) if k], advantages[keep], pad_id)
-    if cfg.algo.importance_weights != "none":
-        batch.proximal_logprobs = learner.proximal_logprobs(batch)
-    shuffle = torch.Generator().manual_seed(cfg.train.seed * 7919 + step)
-    per_update = [learner.train_step(mini_batch) for mini_batch in
-                  split_mini_batches(batch, min(cfg.algo.mini_batches, len(batch)), shuffle)]
-    for key in per_update[0]:
-        metrics[f"train/{key}"] = sum(m[key] for m in per_update) / len(per_update)
-    return metrics | {"train/optimizer_steps": learner.step}
 
 
 async def generate_groups(buffer: GroupBuffer, rollout, reward: Reward, sampler, sampling: SamplingConfig,
@@ -259,6 +225,9 @@ async def _train_rank0(cfg: TurnRLConfig) -> dict:
                          filter_uniform=cfg.algo.refill_uniform_groups,
                          max_refills=cfg.algo.max_refill_factor * cfg.algo.tasks_per_step)
     buffer.version = start_step
+    replay = ReplayBuffer(cfg.replay, cfg.train.seed) if cfg.replay.ratio > 0 else None
+    if replay is not None and "replay" in extra:
+        replay.load_state_dict(extra["replay"])
     producer = None
     run_start = time.perf_counter()
     try:
@@ -288,10 +257,14 @@ async def _train_rank0(cfg: TurnRLConfig) -> dict:
 
             # The learner runs in a thread: the event loop keeps generating meanwhile (max_staleness > 0).
             t1 = time.perf_counter()
-            update_args = (trajs, group_ids, rewards, tokenizer.pad_token_id, step)
+            replayed = replay.candidates(len(trajs)) if replay is not None else []
+            update_args = (trajs, group_ids, rewards, tokenizer.pad_token_id, step, replayed)
             announce(ranks, "update", *update_args)
             train_metrics = await asyncio.to_thread(policy_update, learner, critic, cfg, *update_args)
             t_train = time.perf_counter() - t1
+            if replay is not None:  # after the update: a step's own successes are replayed from the next on
+                added = replay.add(trajs, compute_advantages(cfg.algo.name, rewards, group_ids).tolist(), step + 1)
+                train_metrics |= {"replay/added": float(added), "replay/size": float(len(replay))}
             t2 = time.perf_counter()
             state = await asyncio.to_thread(weights_for_rollout)
             await rollout.update_weights(state, version=step + 1)  # in-flight episodes pause, then go on
@@ -345,6 +318,8 @@ async def _train_rank0(cfg: TurnRLConfig) -> dict:
                 extra = {"sampler": sampler.state_dict(), "eval_sft": asdict(sft_eval)}
                 if curriculum is not None:
                     extra["curriculum"] = curriculum.state_dict()
+                if replay is not None:
+                    extra["replay"] = replay.state_dict()
                 announce(ranks, "save", step + 1, extra)
                 await asyncio.to_thread(save_checkpoint, ckpt_root, learner, step + 1, config=config_dict,
                                         extra=extra, write_files=curriculum.save if curriculum else None)
