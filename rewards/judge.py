@@ -5,7 +5,7 @@ parsed defensively.
   `task`, `trajectory` and `nonce`. The trajectory is untrusted: chat-template markers in it are
   broken up so it cannot close its message and open a new turn, and it sits between markers that
   carry a random nonce, so it cannot fake its own end.
-- The judge is an OpenAI-compatible chat endpoint (`judge.base_url`: `vllm serve`, a hosted API)
+- The judge (rollout/completion.py) is an OpenAI-compatible chat endpoint (`judge.base_url`: `vllm serve`, a hosted API)
   or a local engine (`judge.model_path`: our vLLM/HF engines with the model's chat template).
 - The answer must contain exactly one `Score: N` with N in [score_min, score_max]. Anything else
   (empty, no score, out of range, two different scores) is counted by reason and handled by
@@ -20,17 +20,16 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import os
 import re
 import secrets
 from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
 from jinja2.sandbox import SandboxedEnvironment
 
 from rewards.base import GroupRewards
+from rollout.completion import CompletionClient
 from rollout.types import Task, Trajectory
 
 log = logging.getLogger(__name__)
@@ -67,10 +66,6 @@ class JudgeSettings:
     cache_size: int = 100_000
 
 
-class JudgeClient(Protocol):
-    async def complete(self, prompt: str, n: int, temperature: float, max_tokens: int) -> list[str]: ...
-
-
 def parse_score(answer: str, low: float, high: float) -> tuple[float | None, str]:
     """(the score scaled to [0, 1], "ok") or (None, why: empty | no_score | out_of_range | conflicting)."""
     if not answer or not answer.strip():
@@ -102,46 +97,10 @@ class Rubric:
                                      score_max=int(score_max))
 
 
-class HTTPJudge:
-    """An OpenAI-compatible chat-completions endpoint, e.g. `vllm serve` at http://host:8000/v1."""
-
-    def __init__(self, base_url: str, model: str, api_key: str | None = None) -> None:
-        import httpx
-
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self.model = model
-        self._client = httpx.AsyncClient(base_url=base_url.rstrip("/"), headers=headers, timeout=None)
-
-    async def complete(self, prompt: str, n: int, temperature: float, max_tokens: int) -> list[str]:
-        response = await self._client.post("/chat/completions", json={
-            "model": self.model, "messages": [{"role": "user", "content": prompt}], "n": n,
-            "temperature": temperature, "max_tokens": max_tokens})
-        response.raise_for_status()
-        return [choice["message"]["content"] or "" for choice in response.json()["choices"]]
-
-
-class EngineJudge:
-    """A local inference engine (rollout/engines) with the judge model's chat template."""
-
-    def __init__(self, engine, tokenizer) -> None:
-        self.engine, self.tokenizer = engine, tokenizer
-
-    async def complete(self, prompt: str, n: int, temperature: float, max_tokens: int) -> list[str]:
-        from rollout.engines.base import SamplingConfig
-
-        ids = self.tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
-                                                 tokenize=True)
-        ids = list(ids["input_ids"] if isinstance(ids, dict) else ids)
-        sampling = SamplingConfig(temperature=temperature, max_tokens=max_tokens,
-                                  stop_token_ids=[self.tokenizer.eos_token_id])
-        outs = await asyncio.gather(*(self.engine.generate(ids, sampling) for _ in range(n)))
-        return [self.tokenizer.decode(o.token_ids, skip_special_tokens=True) for o in outs]
-
-
 class JudgeReward:
     """The judge's scaled score as the outcome reward (see the module doc)."""
 
-    def __init__(self, client: JudgeClient, rubric: Rubric, tokenizer, settings: JudgeSettings) -> None:
+    def __init__(self, client: CompletionClient, rubric: Rubric, tokenizer, settings: JudgeSettings) -> None:
         if settings.on_unparseable not in UNPARSEABLE_POLICIES:
             raise ValueError(f"judge.on_unparseable={settings.on_unparseable!r} must be one of {UNPARSEABLE_POLICIES}")
         self.client, self.rubric, self.tokenizer, self.s = client, rubric, tokenizer, settings
@@ -209,7 +168,3 @@ class JudgeReward:
 
 def load_rubric(path: str) -> Rubric:
     return Rubric(Path(path).read_text() if path else None)
-
-
-def api_key(env_var: str) -> str | None:
-    return os.environ.get(env_var) if env_var else None

@@ -60,13 +60,14 @@ def _orm_term(cfg: TurnRLConfig) -> Reward:
 
 
 def _judge_term(cfg: TurnRLConfig) -> Reward:
-    from rewards.judge import EngineJudge, HTTPJudge, JudgeReward, api_key, load_rubric
+    from rewards.judge import JudgeReward, load_rubric
+    from rollout.completion import EngineCompletion, HTTPCompletion, api_key
 
     j = cfg.judge
     if j.base_url:
-        client = HTTPJudge(j.base_url, j.model, api_key(j.api_key_env))
+        client = HTTPCompletion(j.base_url, j.model, api_key(j.api_key_env))
     else:
-        client = EngineJudge(make_engine(cfg, j.model_path), AutoTokenizer.from_pretrained(j.model_path))
+        client = EngineCompletion(make_engine(cfg, j.model_path), AutoTokenizer.from_pretrained(j.model_path))
     return JudgeReward(client, load_rubric(j.rubric), AutoTokenizer.from_pretrained(cfg.model.path), j)
 
 

@@ -9,7 +9,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from rewards.judge import HTTPJudge, JudgeReward, JudgeSettings, Rubric, neutralize, parse_score
+from rewards.judge import JudgeReward, JudgeSettings, Rubric, neutralize, parse_score
+from rollout.completion import HTTPCompletion
 from rollout.types import Task
 
 TASK = Task(id="t", env="kbsearch", difficulty=1, instruction="Where was Ada born?", params={})
@@ -84,7 +85,7 @@ class ScriptedJudgeServer:
 
 def judge_of(server, **settings):
     defaults = dict(timeout_s=1.0, retries=1)
-    return JudgeReward(HTTPJudge(server.url, "judge"), Rubric(), None, JudgeSettings(**(defaults | settings)))
+    return JudgeReward(HTTPCompletion(server.url, "judge"), Rubric(), None, JudgeSettings(**(defaults | settings)))
 
 
 @pytest.mark.parametrize("replies, policy, score, counted", [
