@@ -10,6 +10,7 @@ Questions use the link names exactly as `open` prints them, so a tiny model can 
 
 from __future__ import annotations
 
+import hashlib
 import random
 import re
 from dataclasses import dataclass, field
@@ -143,6 +144,88 @@ def build(seed: int, difficulty: int) -> tuple[dict[str, Entity], Question, str]
     return world, Question([chain], None), str(_follow(world, chain)[-1].facts[chain.fact])
 
 
+class BadQuestion(ValueError):
+    """A question text that does not name a valid chain in its world."""
+
+
+def parse_question(world: dict[str, Entity], text: str) -> tuple[Question, str]:
+    """The question a text asks in `world` ("What is the age of the ceo of Acme?", or two such
+    phrases joined by plus/minus) and its gold answer; BadQuestion says what does not fit."""
+    body = text.strip()
+    if not (body.startswith("What is ") and body.endswith("?")):
+        raise BadQuestion("a question reads 'What is the <fact> of ... <entity>?'")
+    body = body[len("What is "):-1]
+    op = next((o for o in ("plus", "minus") if f" {o} " in body), None)
+    phrases = body.split(f" {op} ") if op else [body]
+    if len(phrases) > 2:
+        raise BadQuestion("at most two phrases joined by one plus or minus")
+    by_name = {name.lower(): entity for name, entity in world.items()}
+    chains, values = [], []
+    for phrase in phrases:
+        parts = phrase.split(" of ")
+        if len(parts) < 2 or not all(p.startswith("the ") for p in parts[:-1]):
+            raise BadQuestion(f"{phrase!r} is not 'the <fact> of ... <entity>'")
+        entity = by_name.get(parts[-1].strip().lower())
+        if entity is None:
+            raise BadQuestion(f"no entity named {parts[-1].strip()!r} in this world")
+        words = [p[len("the "):] for p in parts[:-1]]
+        chain = Chain(entity.name, list(reversed(words[1:])), words[0])
+        here = entity
+        for link in chain.links:
+            if link not in LINKS[here.kind]:
+                raise BadQuestion(f"a {here.kind} has no link {link!r} (links: {sorted(LINKS[here.kind])})")
+            here = world[str(here.facts[link])]
+        allowed = list(NUMBERS[here.kind]) + ([] if op else list(LINKS[here.kind]))
+        if chain.fact not in allowed:
+            raise BadQuestion(f"a {here.kind} has no {'number ' if op else ''}fact {chain.fact!r} (allowed: {allowed})")
+        chains.append(chain)
+        values.append(here.facts[chain.fact])
+    if op is None:
+        return Question(chains, None), str(values[0])
+    a, b = (int(v) for v in values)
+    return Question(chains, op), str(a + b if op == "plus" else a - b)
+
+
+def opens(question: Question) -> int:
+    """Entities a solution opens: the question's difficulty."""
+    return sum(len(c.links) + 1 for c in question.chains)
+
+
+def load(params: dict) -> tuple[dict[str, Entity], Question, str]:
+    """World, question and gold answer of a task: generated from (seed, difficulty), or, for a
+    proposed task, the question text in `params["question"]` asked in the seed's world."""
+    if "question" not in params:
+        return build(params["seed"], params["difficulty"])
+    world = build_world(random.Random(params["seed"]))  # build() draws the world first: the same one
+    question, gold = parse_question(world, params["question"])
+    return world, question, gold
+
+
+def chain_variants(task: Task, rng: random.Random) -> list[Task]:
+    """Same-world variants of a single-chain task, each derived from its question alone: one hop
+    fewer (the last link becomes the fact), another fact of the same entity, and one hop more."""
+    world, question, _ = load(task.params)
+    if question.op is not None:
+        return []
+    chain = question.chains[0]
+    end = _follow(world, chain)[-1]
+    candidates = []
+    if chain.links:
+        candidates.append(Chain(chain.start, chain.links[:-1], chain.links[-1]))
+    others = [f for f in (*NUMBERS[end.kind], *LINKS[end.kind]) if f != chain.fact]
+    candidates.append(Chain(chain.start, chain.links, rng.choice(others)))
+    link = rng.choice(sorted(LINKS[end.kind]))
+    target = world[str(end.facts[link])]
+    candidates.append(Chain(chain.start, [*chain.links, link], rng.choice([*NUMBERS[target.kind],
+                                                                           *LINKS[target.kind]])))
+    out = []
+    for variant in candidates:
+        text = Question([variant], None).text()
+        if 1 <= len(variant.links) + 1 <= max(KBSearchEnv.difficulties):
+            out.append(KBSearchEnv.task_from_json({"world": task.params["seed"], "question": text}))
+    return out
+
+
 def _normalise(text: str) -> str:
     text = text.strip().lower().rstrip(".")
     try:
@@ -169,7 +252,7 @@ class KBSearchEnv:
 
     def __init__(self, task: Task) -> None:
         self.task = task
-        self.world, self.question, self.gold = build(task.params["seed"], task.params["difficulty"])
+        self.world, self.question, self.gold = load(task.params)
         self.answer: str | None = None
         self.done = False
 
@@ -182,8 +265,29 @@ class KBSearchEnv:
                     params={"seed": seed, "difficulty": difficulty, "answer": gold}, difficulty=difficulty)
 
     @staticmethod
+    def task_to_json(task: Task) -> dict:
+        """A task as an LLM proposer reads and writes it (curricula/proposer.py): its world and question."""
+        return {"world": task.params["seed"], "question": task.instruction}
+
+    @staticmethod
+    def task_from_json(obj: dict) -> Task:
+        """A proposed task, checked against its world; ValueError (BadQuestion) says what is wrong."""
+        if not (isinstance(obj, dict) and isinstance(obj.get("world"), int) and isinstance(obj.get("question"), str)):
+            raise BadQuestion('a kbsearch task is {"world": <int>, "question": "What is ...?"}')
+        world = build_world(random.Random(obj["world"]))
+        question, gold = parse_question(world, obj["question"])
+        difficulty = opens(question)
+        if difficulty not in KBSearchEnv.difficulties:
+            raise BadQuestion(f"the question opens {difficulty} entities; difficulties are {KBSearchEnv.difficulties}")
+        text = question.text()  # canonical spelling of names
+        digest = hashlib.sha1(text.encode()).hexdigest()[:8]
+        return Task(id=f"kbsearch-d{difficulty}-s{obj['world']}-q{digest}", env="kbsearch", instruction=text,
+                    params={"seed": obj["world"], "difficulty": difficulty, "question": text, "answer": gold},
+                    difficulty=difficulty)
+
+    @staticmethod
     def expert_solution(task: Task) -> list[ToolCall]:
-        world, question, gold = build(task.params["seed"], task.params["difficulty"])
+        world, question, gold = load(task.params)
         calls = [ToolCall("open", {"entity": e.name}) for c in question.chains for e in _follow(world, c)]
         if question.op is not None:
             a, b = (_follow(world, c)[-1].facts[c.fact] for c in question.chains)

@@ -1,9 +1,12 @@
 """kbsearch: the expert solves every difficulty, bad calls are error observations, tasks are seeded."""
 
+import random
+
 import pytest
 
+from curricula.generate import feasible
 from rollout.env import Env, get_env
-from rollout.envs.kbsearch import KBSearchEnv, build
+from rollout.envs.kbsearch import BadQuestion, KBSearchEnv, build, chain_variants
 from rollout.types import ToolCall
 
 SEEDS = range(150)
@@ -187,3 +190,50 @@ def test_tasks_are_deterministic_in_the_seed():
 def test_unknown_difficulty_is_rejected():
     with pytest.raises(ValueError, match="difficulty"):
         KBSearchEnv.generate_task(0, 5)
+
+
+def test_a_task_survives_the_proposer_json_round_trip_with_the_same_answer():
+    for seed in range(20):
+        for difficulty in KBSearchEnv.difficulties:
+            task = KBSearchEnv.generate_task(seed, difficulty)
+            again = KBSearchEnv.task_from_json(KBSearchEnv.task_to_json(task))
+            assert (again.instruction, again.params["answer"], again.difficulty) == \
+                (task.instruction, task.params["answer"], task.difficulty)
+
+
+@pytest.mark.parametrize("obj, why", [
+    ({"world": 1, "question": "What is the age of Nobody?"}, "no entity named 'Nobody'"),
+    ({"world": 1}, "a kbsearch task is"),
+    ("What is the age of X?", "a kbsearch task is"),
+    ({"world": "1", "question": "What is the age of X?"}, "a kbsearch task is"),
+    ({"world": 1, "question": "Tell me the age"}, "a question reads"),
+])
+def test_malformed_proposals_are_rejected_with_the_reason(obj, why):
+    with pytest.raises(BadQuestion, match=why):
+        KBSearchEnv.task_from_json(obj)
+
+
+def test_proposals_with_links_or_facts_the_entity_lacks_are_rejected():
+    world, _, _ = build(3, 1)
+    person = next(e.name for e in world.values() if e.kind == "person")
+    city = next(e.name for e in world.values() if e.kind == "city")
+    with pytest.raises(BadQuestion, match="a person has no link 'hq'"):
+        KBSearchEnv.task_from_json({"world": 3, "question": f"What is the age of the hq of {person}?"})
+    with pytest.raises(BadQuestion, match="a city has no number fact 'mayor'"):  # arithmetic needs numbers
+        KBSearchEnv.task_from_json({"world": 3, "question": f"What is the mayor of {city} plus the age of {person}?"})
+    task = KBSearchEnv.task_from_json({"world": 3, "question": f"What is the age of the mayor of {city.lower()}?"})
+    mayor = world[city].facts["mayor"]
+    assert task.params["answer"] == str(world[str(mayor)].facts["age"]) and task.difficulty == 2
+    assert city in task.instruction  # the canonical spelling
+
+
+def test_chain_variants_are_one_hop_fewer_same_and_one_more_in_the_same_world_and_solvable():
+    rng = random.Random(0)
+    single = [t for t in (KBSearchEnv.generate_task(s, 2) for s in range(30)) if "plus" not in t.instruction
+              and "minus" not in t.instruction]
+    for task in single:
+        variants = chain_variants(task, rng)
+        assert [v.difficulty for v in variants] == [1, 2, 3]
+        assert all(v.params["seed"] == task.params["seed"] and feasible(v) for v in variants)
+        start = task.instruction.rstrip("?").split(" of ")[-1]
+        assert all(v.instruction.endswith(f" of {start}?") for v in variants)
