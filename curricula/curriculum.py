@@ -4,13 +4,15 @@ step's outcomes feed back, and how new tasks are made from the failed ones.
 `Curriculum.open` starts the pool (`<out_dir>/tasks.sqlite`) with tasks from the environment's
 generator, or restores it from a checkpoint's copy on resume. After each learner step,
 `after_step` records every trained episode's outcome per task and, every `generate_every` steps,
-turns the most-failed recent tasks into easier and same-level variants and the mastered ones
-(recent success at or above the band's top) into harder ones (`curricula/generate.py`), filtered,
-into the pool.
+makes new tasks, filtered, for the pool: with the `procedural` generator the most-failed recent
+tasks get easier and same-level variants and the mastered ones (recent success at or above the
+band's top) harder ones (`curricula/generate.py`); with `llm` the most-failed ones go to the task
+proposer as examples (`curricula/proposer.py`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import random
 import shutil
 from collections import Counter, defaultdict
@@ -19,6 +21,7 @@ from pathlib import Path
 
 from curricula.generate import filter_new_tasks, procedural_variants
 from curricula.pool import PoolTask, TaskPool
+from curricula.proposer import LLMProposer, ProposerSettings
 from curricula.sampling import PoolSampler, turn_cap
 from rollout.env import get_env
 
@@ -41,11 +44,18 @@ class CurriculumSettings:
     turn_caps: list[int] = field(default_factory=list)
     turn_cap_every: int = 10
     turn_cap_mode: str = "step"
+    generators: list[str] = field(default_factory=lambda: ["procedural"])  # procedural and/or llm
+    proposer: ProposerSettings = field(default_factory=ProposerSettings)  # the llm generator's model
+
+
+GENERATORS = ("procedural", "llm")
 
 
 class Curriculum:
-    def __init__(self, pool: TaskPool, settings: CurriculumSettings, seed: int) -> None:
+    def __init__(self, pool: TaskPool, settings: CurriculumSettings, seed: int,
+                 proposer: LLMProposer | None = None) -> None:
         self.pool = pool
+        self.proposer = proposer
         self.s = settings
         mix = {"uniform": settings.uniform, "success_band": settings.success_band,
                "learning_progress": settings.learning_progress}
@@ -57,35 +67,35 @@ class Curriculum:
 
     @classmethod
     def open(cls, out_dir: Path, settings: CurriculumSettings, env_name: str, difficulties: list[int], seed: int,
-             seed_limit: int, resume_from: Path | None) -> Curriculum:
+             seed_limit: int, resume_from: Path | None, proposer: LLMProposer | None = None) -> Curriculum:
         """The run's pool: restored from `resume_from`'s copy when resuming, else new, with seed tasks."""
         path = Path(out_dir) / POOL_FILE
         for stale in (path, path.with_name(POOL_FILE + "-wal"), path.with_name(POOL_FILE + "-shm")):
             stale.unlink(missing_ok=True)  # the live pool of an earlier attempt is not to be trusted
         if resume_from is not None and (Path(resume_from) / POOL_FILE).exists():
             shutil.copyfile(Path(resume_from) / POOL_FILE, path)
-            return cls(TaskPool(path, settings.ema), settings, seed)
+            return cls(TaskPool(path, settings.ema), settings, seed, proposer)
         pool = TaskPool(path, settings.ema)
         env_cls = get_env(env_name)
         rng = random.Random(seed)
         pool.add([PoolTask(env_cls.generate_task(rng.randrange(seed_limit), rng.choice(difficulties)), 0, 0)
                   for _ in range(settings.initial_tasks)])
-        return cls(pool, settings, seed)
+        return cls(pool, settings, seed, proposer)
 
     def max_turns(self, step: int) -> int | None:
         return turn_cap(step, self.s.turn_caps, self.s.turn_cap_every, self.s.turn_cap_mode)
 
-    def after_step(self, outcomes: list[tuple[str, bool]], step: int) -> dict[str, float]:
-        """Record (task id, success) of every trained episode; every generate_every steps, add variants
-        of the tasks that failed most. Returns curriculum/ metrics."""
+    async def after_step(self, outcomes: list[tuple[str, bool]], step: int) -> dict[str, float]:
+        """Record (task id, success) of every trained episode; every generate_every steps, add new tasks
+        made from the failed (and mastered) ones. Returns curriculum/ metrics."""
         by_task: dict[str, list[bool]] = defaultdict(list)
         for task_id, success in outcomes:
             by_task[task_id].append(success)
-        self.pool.record(by_task, step)
+        await asyncio.to_thread(self.pool.record, by_task, step)
         metrics: dict[str, float] = {}
         self.last_accepted = []
         if self.s.generate_every and step % self.s.generate_every == 0:
-            counts = self._generate(step)
+            counts = await self._generate(step)
             self.totals.update(counts)
             metrics |= {f"curriculum/{k}": float(v) for k, v in counts.items()}
         depths: dict[int, list[bool]] = defaultdict(list)
@@ -98,7 +108,7 @@ class Curriculum:
             metrics["curriculum/turn_cap"] = float(cap)
         return metrics | {"curriculum/pool_size": float(len(self.pool))}
 
-    def _generate(self, step: int) -> Counter:
+    async def _generate(self, step: int) -> Counter:
         recent = [t for t in self.pool.all() if t.last_seen_step is not None and t.last_seen_step > step -
                   self.s.generate_every and t.recent_success is not None]
         failed = sorted((t for t in recent if t.recent_success < self.s.band[1]),
@@ -106,13 +116,22 @@ class Curriculum:
         mastered = sorted((t for t in recent if t.recent_success >= self.s.band[1]),
                           key=lambda t: (-t.recent_success, t.task.id))
         n = self.s.parents_per_generation
-        candidates = [v for parent in failed[:n] for v in procedural_variants(parent, self.rng, step)]
-        candidates += [v for parent in mastered[:n] for v in procedural_variants(parent, self.rng, step, mastered=True)]
-        accepted, rejected = filter_new_tasks(candidates, self.pool.has_instruction)
-        self.pool.add(accepted)
+        candidates, counts = [], Counter()
+        if "procedural" in self.s.generators:
+            candidates += [v for parent in failed[:n] for v in procedural_variants(parent, self.rng, step)]
+            candidates += [v for parent in mastered[:n]
+                           for v in procedural_variants(parent, self.rng, step, mastered=True)]
+        if "llm" in self.s.generators and self.proposer is not None and failed:
+            proposed, skipped = await self.proposer.propose(failed[:n], step)
+            candidates += proposed
+            counts.update({f"proposer_{reason}": k for reason, k in skipped.items()})
+            counts["proposed"] = len(proposed)
+        accepted, rejected = await asyncio.to_thread(filter_new_tasks, candidates, self.pool.has_instruction)
+        await asyncio.to_thread(self.pool.add, accepted)
         self.last_accepted = accepted
-        return Counter({"generated": len(candidates), "accepted": len(accepted),
-                        **{f"rejected_{reason}": n for reason, n in rejected.items()}})
+        counts.update({"generated": len(candidates), "accepted": len(accepted),
+                       **{f"rejected_{reason}": n for reason, n in rejected.items()}})
+        return counts
 
     def save(self, checkpoint_dir: Path) -> None:
         """A consistent copy of the pool into a checkpoint directory."""

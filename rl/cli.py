@@ -41,6 +41,8 @@ Examples:
   turnrl train reward.verifier=0 reward.orm=1   # train on the ORM's judgement alone (WebRL)
   turnrl train curriculum.enabled=true  # a task pool that grows from failures
   turnrl tasks train.out_dir=runs/turnrl-kbsearch   # that pool's lineage trees
+  turnrl proposer train                  # the tiny task writer, for an LLM task proposer on CPU
+  turnrl train curriculum.enabled=true curriculum.generators=[procedural,llm] replay.ratio=0.5
   turnrl train --print-config            # show the resolved config and exit
 """
 
@@ -56,12 +58,16 @@ def _setup_logging(log_file: Path | None = None) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+BUILTIN_ENVS = ("kbsearch", "craft")
+
+
 def cmd_model_init(cfg: TurnRLConfig) -> None:
     from rl.tiny_model import TinyModelConfig, build_tiny_model
     from rollout.demos import corpus_texts
-    from rollout.env import registered_envs
-
-    texts = [text for env in registered_envs() for text in corpus_texts(env, num_tasks=1500, seed=cfg.model.seed)]
+    # The tokenizer learns the built-in environments' text, and the configured environment's if it is
+    # another one (an adapter: env=twx), not every adapter's: their packages are optional.
+    envs = dict.fromkeys([*BUILTIN_ENVS, cfg.env.name])
+    texts = [text for env in envs for text in corpus_texts(env, num_tasks=1500, seed=cfg.model.seed)]
     heads = max(1, cfg.model.hidden_size // 64)  # head_dim 64: supported by vLLM's CPU attention
     shape = TinyModelConfig(vocab_size=cfg.model.vocab_size, hidden_size=cfg.model.hidden_size,
                             num_hidden_layers=cfg.model.num_layers, num_attention_heads=heads,
@@ -128,6 +134,29 @@ def cmd_orm_eval(cfg: TurnRLConfig) -> None:
     _print_result(eval_orm(cfg.orm))
 
 
+def writer_path(cfg: TurnRLConfig) -> str:
+    return cfg.curriculum.proposer.model_path or str(Path(cfg.cache_dir) / "models" / "tiny-task-writer")
+
+
+def cmd_proposer_train(cfg: TurnRLConfig) -> None:
+    from rl.proposer_training import train_writer
+
+    _require_model(cfg.model.base_path, "model.base_path", "`turnrl model init`")
+    metrics = train_writer(cfg.model.base_path, writer_path(cfg), cfg.env.name, cfg.env.train_difficulties,
+                           cfg.env.eval_seed_offset, cfg.curriculum.proposer, cfg.train.seed)
+    _print_result({"task_writer": writer_path(cfg), **metrics})
+
+
+def cmd_proposer_eval(cfg: TurnRLConfig) -> None:
+    from rl.engines import make_proposer
+    from rl.proposer_training import eval_proposer
+
+    cfg.curriculum.generators = ["llm"]
+    proposer = make_proposer(cfg)
+    _print_result(asyncio.run(eval_proposer(proposer, cfg.env.name, cfg.env.train_difficulties, 200,
+                                            cfg.env.eval_seed_offset, cfg.train.seed + 1)))
+
+
 def cmd_tasks(cfg: TurnRLConfig) -> None:
     from curricula.curriculum import POOL_FILE
     from curricula.pool import TaskPool, lineage_tree
@@ -138,15 +167,24 @@ def cmd_tasks(cfg: TurnRLConfig) -> None:
     _print_result(lineage_tree(TaskPool(path)))
 
 
-def _require_model(path: str) -> None:
+def _require_model(path: str, key: str = "model.path", make: str = "`turnrl model init && turnrl sft`") -> None:
     if not Path(path, "config.json").exists():
-        raise SystemExit(f"no model at model.path={path}: run `turnrl model init && turnrl sft` for the tiny "
-                         "default, or point model.path at a Hugging Face model directory")
+        raise SystemExit(f"no model at {key}={path}: run {make} for the tiny default, or point {key} at a "
+                         "Hugging Face model directory")
 
 
-ORM_COMMANDS = {
-    "train": (cmd_orm_train, "train the ORM on trajectory stores (orm.data), labelled by the verifier"),
-    "eval": (cmd_orm_eval, "accuracy, AUC and calibration of the ORM (orm.path) on trajectory stores"),
+# Commands with sub-commands: group -> (help, {sub-command: (handler, help)}).
+GROUPS = {
+    "orm": ("the outcome reward model: train on stored trajectories, evaluate", {
+        "train": (cmd_orm_train, "train the ORM on trajectory stores (orm.data), labelled by the verifier"),
+        "eval": (cmd_orm_eval, "accuracy, AUC and calibration of the ORM (orm.path) on trajectory stores"),
+    }),
+    "proposer": ("the LLM task proposer of the curriculum: make the tiny task writer, evaluate a proposer", {
+        "train": (cmd_proposer_train, "train the tiny task writer (curriculum.proposer.model_path) on variant pairs "
+                                      "from the environment's generator"),
+        "eval": (cmd_proposer_eval, "share of valid, feasible and distinct tasks the proposer writes for 200 "
+                                    "generator tasks"),
+    }),
 }
 
 COMMANDS = {
@@ -176,13 +214,13 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--print-config", action="store_true")
     for name, (_, help_text) in COMMANDS.items():
         add(name, help_text)
-    orm = sub.add_parser("orm", help="the outcome reward model: train on stored trajectories, evaluate")
-    orm_sub = orm.add_subparsers(dest="orm_command", required=True)
-    for name, (_, help_text) in ORM_COMMANDS.items():
-        p = orm_sub.add_parser(name, help=help_text, description=help_text, epilog=EPILOG,
-                               formatter_class=argparse.RawDescriptionHelpFormatter)
-        p.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. orm.data=[runs/x/trajectories.jsonl]")
-        p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    for group, (group_help, commands) in GROUPS.items():
+        group_sub = sub.add_parser(group, help=group_help).add_subparsers(dest="group_command", required=True)
+        for name, (_, help_text) in commands.items():
+            p = group_sub.add_parser(name, help=help_text, description=help_text, epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+            p.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. orm.data=[runs/x/trajectories.jsonl]")
+            p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     return parser
 
 
@@ -210,8 +248,8 @@ def _run(args: argparse.Namespace) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if args.command == "model":
         handler = cmd_model_init
-    elif args.command == "orm":
-        handler = ORM_COMMANDS[args.orm_command][0]
+    elif args.command in GROUPS:
+        handler = GROUPS[args.command][1][args.group_command][0]
     else:
         handler = COMMANDS[args.command][0]
     handler(cfg)

@@ -16,7 +16,7 @@ from hydra.errors import HydraException
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from curricula.curriculum import CurriculumSettings
+from curricula.curriculum import GENERATORS, CurriculumSettings
 from curricula.replay import ReplaySettings
 from rewards.judge import JudgeSettings
 
@@ -299,7 +299,7 @@ def _explain(err: Exception) -> str:
 
 def validate(cfg: TurnRLConfig) -> None:
     """Checks of values that types alone cannot express."""
-    from rollout.env import registered_envs
+    from rollout.env import get_env, registered_envs
 
     if cfg.env.name not in registered_envs():
         raise ConfigError(f"env.name={cfg.env.name!r} is not a registered environment: {registered_envs()}")
@@ -320,6 +320,15 @@ def validate(cfg: TurnRLConfig) -> None:
     if c.turn_cap_mode not in ("step", "linear") or any(h < 1 for h in c.turn_caps):
         raise ConfigError(f"curriculum.turn_cap_mode={c.turn_cap_mode!r} must be step or linear and "
                           f"curriculum.turn_caps={list(c.turn_caps)} positive")
+    if not set(c.generators) <= set(GENERATORS):
+        raise ConfigError(f"curriculum.generators={list(c.generators)} may hold only {GENERATORS}")
+    env_cls = get_env(cfg.env.name)
+    if c.enabled and "llm" in c.generators and not hasattr(env_cls, "task_from_json"):
+        raise ConfigError(f"curriculum.generators has llm, but environment {cfg.env.name!r} has no JSON form of its "
+                          "tasks for a proposer to write (task_to_json/task_from_json, see curricula/proposer.py)")
+    if c.proposer.examples < 1 or c.proposer.samples < 1:
+        raise ConfigError(f"curriculum.proposer.examples={c.proposer.examples} and curriculum.proposer.samples="
+                          f"{c.proposer.samples} must be >= 1")
     if c.enabled and (c.initial_tasks < 1 or len(c.band) != 2 or c.uniform + c.success_band + c.learning_progress <= 0):
         raise ConfigError("curriculum.enabled needs curriculum.initial_tasks >= 1, curriculum.band=[low, high] and a "
                           "positive weight among curriculum.uniform/success_band/learning_progress")

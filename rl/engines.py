@@ -71,6 +71,24 @@ def _judge_term(cfg: TurnRLConfig) -> Reward:
     return JudgeReward(client, load_rubric(j.rubric), AutoTokenizer.from_pretrained(cfg.model.path), j)
 
 
+def make_proposer(cfg: TurnRLConfig):
+    """The LLM task proposer of `curriculum.generators=[..., llm]` (None without it)."""
+    from curricula.proposer import LLMProposer
+    from rollout.completion import EngineCompletion, HTTPCompletion, api_key
+
+    if "llm" not in cfg.curriculum.generators:
+        return None
+    p = cfg.curriculum.proposer
+    if p.base_url:
+        return LLMProposer(HTTPCompletion(p.base_url, p.model, api_key(p.api_key_env)), p)
+    path = p.model_path or str(Path(cfg.cache_dir) / "models" / "tiny-task-writer")
+    if not Path(path, "config.json").exists():
+        raise FileNotFoundError(f"curriculum.generators has llm but there is no proposer model at {path}: make the "
+                                "tiny task writer with `turnrl proposer train`, or set curriculum.proposer.base_url "
+                                "or curriculum.proposer.model_path")
+    return LLMProposer(EngineCompletion(make_engine(cfg, path, p.engine), AutoTokenizer.from_pretrained(path)), p)
+
+
 REWARD_TERM_BUILDERS = {
     "verifier": lambda cfg: VerifierReward(),
     "format": lambda cfg: FormatPenalty(),

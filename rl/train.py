@@ -35,7 +35,7 @@ from rl.buffer import GroupBuffer, ScoredGroup
 from rl.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
 from rl.config import TurnRLConfig
 from rl.critic import Critic, CriticConfig
-from rl.engines import make_reward
+from rl.engines import make_proposer, make_reward
 from rl.evaluate import EvalResult, evaluate
 from rl.learner import Learner, LearnerConfig
 from rl.learner_ranks import announce, finish_learner_ranks, follow_rank0, start_learner_ranks, stop_learner_ranks
@@ -212,7 +212,7 @@ async def _train_rank0(cfg: TurnRLConfig) -> dict:
     curriculum = None
     if cfg.curriculum.enabled:  # tasks from a pool that grows out of the failed ones
         curriculum = Curriculum.open(out_dir, cfg.curriculum, cfg.env.name, cfg.env.train_difficulties, cfg.train.seed,
-                                     cfg.env.eval_seed_offset, built.checkpoint)
+                                     cfg.env.eval_seed_offset, built.checkpoint, make_proposer(cfg))
         sampler = curriculum.sampler
         if "curriculum" in extra:
             curriculum.load_state_dict(extra["curriculum"])
@@ -293,8 +293,7 @@ async def _train_rank0(cfg: TurnRLConfig) -> dict:
                 "perf/gen_tokens_per_s": sum(t.num_generated_tokens for t in trajs) / step_s,
             }
             if curriculum is not None:
-                metrics |= await asyncio.to_thread(curriculum.after_step, [(t.task_id, t.success) for t in trajs],
-                                                   step + 1)
+                metrics |= await curriculum.after_step([(t.task_id, t.success) for t in trajs], step + 1)
                 if curriculum.last_accepted:
                     sink.log_table("curriculum/generated_tasks", ["task", "parent", "origin", "difficulty", "depth",
                                                                   "instruction"],

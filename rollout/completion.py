@@ -43,13 +43,18 @@ class EngineCompletion:
     async def complete(self, prompt: str, n: int, temperature: float, max_tokens: int) -> list[str]:
         from rollout.engines.base import SamplingConfig
 
-        ids = self.tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
-                                                 tokenize=True)
-        ids = list(ids["input_ids"] if isinstance(ids, dict) else ids)
+        ids = chat_prompt_ids(self.tokenizer, prompt)
         sampling = SamplingConfig(temperature=temperature, max_tokens=max_tokens,
                                   stop_token_ids=[self.tokenizer.eos_token_id])
         outs = await asyncio.gather(*(self.engine.generate(ids, sampling) for _ in range(n)))
         return [self.tokenizer.decode(o.token_ids, skip_special_tokens=True) for o in outs]
+
+
+def chat_prompt_ids(tokenizer, prompt: str) -> list[int]:
+    """`prompt` as a user message in the model's chat template, ready for the assistant's answer."""
+    text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                         tokenize=False)
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
 def api_key(env_var: str) -> str | None:

@@ -264,14 +264,23 @@ class KBSearchEnv:
         return Task(id=f"kbsearch-d{difficulty}-s{seed}", env="kbsearch", instruction=question.text(),
                     params={"seed": seed, "difficulty": difficulty, "answer": gold}, difficulty=difficulty)
 
+    # Same-world variants derivable from a task's JSON alone: the pairs the tiny task writer learns from.
+    task_variants = staticmethod(chain_variants)
+
     @staticmethod
-    def task_to_json(task: Task) -> dict:
-        """A task as an LLM proposer reads and writes it (curricula/proposer.py): its world and question."""
+    def task_to_json(task: Task, parent: Task | None = None) -> dict:
+        """A task as an LLM proposer reads and writes it (curricula/proposer.py): its world and question;
+        relative to `parent`, the world is left out where it is the parent's (a proposal inherits it)."""
+        if parent is not None and parent.params["seed"] == task.params["seed"]:
+            return {"question": task.instruction}
         return {"world": task.params["seed"], "question": task.instruction}
 
     @staticmethod
-    def task_from_json(obj: dict) -> Task:
-        """A proposed task, checked against its world; ValueError (BadQuestion) says what is wrong."""
+    def task_from_json(obj: dict, parent: Task | None = None) -> Task:
+        """A proposed task, checked against its world (the parent's unless it names one); ValueError
+        (BadQuestion) says what is wrong."""
+        if isinstance(obj, dict) and "world" not in obj and parent is not None:
+            obj = {"world": parent.params["seed"], **obj}
         if not (isinstance(obj, dict) and isinstance(obj.get("world"), int) and isinstance(obj.get("question"), str)):
             raise BadQuestion('a kbsearch task is {"world": <int>, "question": "What is ...?"}')
         world = build_world(random.Random(obj["world"]))
