@@ -7,7 +7,9 @@ generator, or restores it from a checkpoint's copy on resume. After each learner
 makes new tasks, filtered, for the pool: with the `procedural` generator the most-failed recent
 tasks get easier and same-level variants and the mastered ones (recent success at or above the
 band's top) harder ones (`curricula/generate.py`); with `llm` the most-failed ones go to the task
-proposer as examples (`curricula/proposer.py`).
+proposer as examples (`curricula/proposer.py`). New tasks pass the filters of
+`curricula/generate.py`; with `pilot_rollouts` the current policy also plays each a few times
+first, and only tasks it solves sometimes but not always enter.
 """
 
 from __future__ import annotations
@@ -16,16 +18,22 @@ import asyncio
 import random
 import shutil
 from collections import Counter, defaultdict
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from curricula.generate import filter_new_tasks, procedural_variants
+from curricula.generate import filter_new_tasks, in_difficulty_band, procedural_variants
 from curricula.pool import PoolTask, TaskPool
 from curricula.proposer import LLMProposer, ProposerSettings
 from curricula.sampling import PoolSampler, turn_cap
+from rollout.engines.base import SamplingConfig
 from rollout.env import get_env
+from rollout.types import Task
 
 POOL_FILE = "tasks.sqlite"
+
+# (tasks, episodes per task) -> each task's success share under the current policy
+PilotRollouts = Callable[[list[Task], int], Awaitable[list[float]]]
 
 
 @dataclass
@@ -45,17 +53,33 @@ class CurriculumSettings:
     turn_cap_every: int = 10
     turn_cap_mode: str = "step"
     generators: list[str] = field(default_factory=lambda: ["procedural"])  # procedural and/or llm
+    # Pilot rollouts per new task (0: none): it enters the pool only if the current policy's success
+    # on them lies in difficulty_band (WebRL's [0.05, 0.75]: neither hopeless nor already solved).
+    pilot_rollouts: int = 0
+    difficulty_band: list[float] = field(default_factory=lambda: [0.05, 0.75])
     proposer: ProposerSettings = field(default_factory=ProposerSettings)  # the llm generator's model
 
 
 GENERATORS = ("procedural", "llm")
 
 
+def pilot_rollouts(rollout, sampling: SamplingConfig, max_turns: Callable[[], int | None]) -> PilotRollouts:
+    """Pilot rollouts on the rollout workers: each task's success share over `episodes` sampled episodes
+    (under the current turn cap). They are not trained on."""
+
+    async def run(tasks: list[Task], episodes: int) -> list[float]:
+        trajs = await rollout.run_episodes([t for t in tasks for _ in range(episodes)], sampling, None, max_turns())
+        return [sum(t.success for t in trajs[i * episodes:(i + 1) * episodes]) / episodes for i in range(len(tasks))]
+
+    return run
+
+
 class Curriculum:
     def __init__(self, pool: TaskPool, settings: CurriculumSettings, seed: int,
-                 proposer: LLMProposer | None = None) -> None:
+                 proposer: LLMProposer | None = None, pilot: PilotRollouts | None = None) -> None:
         self.pool = pool
         self.proposer = proposer
+        self.pilot = pilot
         self.s = settings
         mix = {"uniform": settings.uniform, "success_band": settings.success_band,
                "learning_progress": settings.learning_progress}
@@ -67,20 +91,21 @@ class Curriculum:
 
     @classmethod
     def open(cls, out_dir: Path, settings: CurriculumSettings, env_name: str, difficulties: list[int], seed: int,
-             seed_limit: int, resume_from: Path | None, proposer: LLMProposer | None = None) -> Curriculum:
+             seed_limit: int, resume_from: Path | None, proposer: LLMProposer | None = None,
+             pilot: PilotRollouts | None = None) -> Curriculum:
         """The run's pool: restored from `resume_from`'s copy when resuming, else new, with seed tasks."""
         path = Path(out_dir) / POOL_FILE
         for stale in (path, path.with_name(POOL_FILE + "-wal"), path.with_name(POOL_FILE + "-shm")):
             stale.unlink(missing_ok=True)  # the live pool of an earlier attempt is not to be trusted
         if resume_from is not None and (Path(resume_from) / POOL_FILE).exists():
             shutil.copyfile(Path(resume_from) / POOL_FILE, path)
-            return cls(TaskPool(path, settings.ema), settings, seed, proposer)
+            return cls(TaskPool(path, settings.ema), settings, seed, proposer, pilot)
         pool = TaskPool(path, settings.ema)
         env_cls = get_env(env_name)
         rng = random.Random(seed)
         pool.add([PoolTask(env_cls.generate_task(rng.randrange(seed_limit), rng.choice(difficulties)), 0, 0)
                   for _ in range(settings.initial_tasks)])
-        return cls(pool, settings, seed, proposer)
+        return cls(pool, settings, seed, proposer, pilot)
 
     def max_turns(self, step: int) -> int | None:
         return turn_cap(step, self.s.turn_caps, self.s.turn_cap_every, self.s.turn_cap_mode)
@@ -127,6 +152,11 @@ class Curriculum:
             counts.update({f"proposer_{reason}": k for reason, k in skipped.items()})
             counts["proposed"] = len(proposed)
         accepted, rejected = await asyncio.to_thread(filter_new_tasks, candidates, self.pool.has_instruction)
+        if self.s.pilot_rollouts and self.pilot is not None and accepted:
+            success = await self.pilot([c.task for c in accepted], self.s.pilot_rollouts)
+            counts["pilot_episodes"] = self.s.pilot_rollouts * len(accepted)
+            accepted, too_easy_or_hard = in_difficulty_band(accepted, success, tuple(self.s.difficulty_band))
+            rejected.update(too_easy_or_hard)
         await asyncio.to_thread(self.pool.add, accepted)
         self.last_accepted = accepted
         counts.update({"generated": len(candidates), "accepted": len(accepted),

@@ -2,11 +2,12 @@
 
 Procedural generation asks the environment's own generator for variants: of a failed task, one a
 level easier (a stepping stone) and one at the same level with a fresh seed; of a mastered task,
-one a level harder (the next rung). Each records its parent. Filters, in order, each rejection counted by its reason:
+one a level harder (the next rung). Each records its parent. Filters, in order, each rejection
+counted by its reason:
 - duplicate: the pool already has a task with the same instruction;
 - infeasible: the environment cannot rebuild the task, or its expert solver does not solve it;
-- a difficulty band, when an estimate of success is given (WebRL keeps tasks whose critic or ORM
-  value lies in [0.05, 0.75]).
+- difficulty: an estimate of the current policy's success lies outside a band (WebRL keeps tasks
+  whose critic value lies in [0.05, 0.75]); the curriculum estimates it with a few pilot rollouts.
 """
 
 from __future__ import annotations
@@ -56,10 +57,9 @@ def feasible(task: Task) -> bool:
         return False
 
 
-def filter_new_tasks(candidates: list[PoolTask], has_instruction: Callable[[str], bool],
-                     estimate: Callable[[Task], float] | None = None,
-                     band: tuple[float, float] = (0.05, 0.75)) -> tuple[list[PoolTask], Counter]:
-    """(the accepted candidates, rejections by reason)."""
+def filter_new_tasks(candidates: list[PoolTask], has_instruction: Callable[[str], bool]
+                     ) -> tuple[list[PoolTask], Counter]:
+    """(the candidates that are new and feasible, rejections by reason)."""
     accepted, rejected, seen = [], Counter(), set()
     for candidate in candidates:
         instruction = candidate.task.instruction
@@ -67,9 +67,15 @@ def filter_new_tasks(candidates: list[PoolTask], has_instruction: Callable[[str]
             rejected["duplicate"] += 1
         elif not feasible(candidate.task):
             rejected["infeasible"] += 1
-        elif estimate is not None and not band[0] <= estimate(candidate.task) <= band[1]:
-            rejected["difficulty"] += 1
         else:
             accepted.append(candidate)
             seen.add(instruction)
     return accepted, rejected
+
+
+def in_difficulty_band(candidates: list[PoolTask], success: list[float], band: tuple[float, float]
+                       ) -> tuple[list[PoolTask], Counter]:
+    """(the candidates whose estimated success lies in [low, high], rejections by reason)."""
+    kept = [c for c, p in zip(candidates, success, strict=True) if band[0] <= p <= band[1]]
+    rejected = Counter({"difficulty": len(candidates) - len(kept)}) if len(kept) < len(candidates) else Counter()
+    return kept, rejected

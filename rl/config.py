@@ -57,7 +57,26 @@ class VLLMConfig:
 
 
 @dataclass
+class ProxyConfig:
+    # rollout.source=proxy (rl/proxy_source.py, rollout/proxy.py): the trainer serves an OpenAI-compatible
+    # endpoint at http://<host>:<port>/v1 and trains on the episodes your own agent plays through it.
+    host: str = "127.0.0.1"
+    port: int = 0  # 0: a free port (logged, and passed to agent_command)
+    model_name: str = "turnrl-policy"  # the `model` requests must name (GET /v1/models lists it)
+    # A shell command the trainer starts once the endpoint is up, with OPENAI_BASE_URL, OPENAI_API_KEY,
+    # OPENAI_MODEL and TURNRL_GROUP_SIZE set, and stops at the end of the run; "": start your agent yourself
+    # (set port so that its URL is known).
+    agent_command: str = ""
+    # An episode with no call and no finish for this long is dropped; its group trains without it.
+    episode_timeout_s: float = 600.0
+
+
+@dataclass
 class RolloutConfig:
+    # Where training episodes come from: env (the built-in agent loop on env.name's tasks) | proxy (your
+    # own agent through an OpenAI-compatible endpoint, rollout.proxy.*). Held-out evaluation uses env.name.
+    source: str = "env"
+    proxy: ProxyConfig = field(default_factory=ProxyConfig)
     engine: str = "vllm"  # vllm | hf
     temperature: float = 1.0
     top_p: float = 1.0
@@ -270,6 +289,7 @@ class ConfigError(ValueError):
 
 
 _ENGINES = ("vllm", "hf")
+_SOURCES = ("env", "proxy")
 _WEIGHT_SYNC_BACKENDS = ("object_store", "broadcast")
 _WANDB_MODES = ("auto", "online", "offline", "disabled")
 
@@ -305,6 +325,10 @@ def validate(cfg: TurnRLConfig) -> None:
         raise ConfigError(f"env.name={cfg.env.name!r} is not a registered environment: {registered_envs()}")
     if cfg.rollout.engine not in _ENGINES:
         raise ConfigError(f"rollout.engine={cfg.rollout.engine!r} must be one of {_ENGINES}")
+    if cfg.rollout.source not in _SOURCES:
+        raise ConfigError(f"rollout.source={cfg.rollout.source!r} must be one of {_SOURCES}")
+    if cfg.rollout.source == "proxy" and cfg.curriculum.enabled:
+        raise ConfigError("rollout.source=proxy trains on your agent's own tasks: set curriculum.enabled=false")
     if cfg.rollout.weight_sync not in _WEIGHT_SYNC_BACKENDS:
         raise ConfigError(f"rollout.weight_sync={cfg.rollout.weight_sync!r} must be one of {_WEIGHT_SYNC_BACKENDS}")
     for name, value, without_ray in [
@@ -326,6 +350,10 @@ def validate(cfg: TurnRLConfig) -> None:
     if c.enabled and "llm" in c.generators and not hasattr(env_cls, "task_from_json"):
         raise ConfigError(f"curriculum.generators has llm, but environment {cfg.env.name!r} has no JSON form of its "
                           "tasks for a proposer to write (task_to_json/task_from_json, see curricula/proposer.py)")
+    band = c.difficulty_band
+    if c.pilot_rollouts < 0 or len(band) != 2 or not 0 <= band[0] <= band[1] <= 1:
+        raise ConfigError(f"curriculum.pilot_rollouts={c.pilot_rollouts} must be >= 0 and curriculum.difficulty_band="
+                          f"{list(c.difficulty_band)} a [low, high] within [0, 1]")
     if c.proposer.examples < 1 or c.proposer.samples < 1:
         raise ConfigError(f"curriculum.proposer.examples={c.proposer.examples} and curriculum.proposer.samples="
                           f"{c.proposer.samples} must be >= 1")

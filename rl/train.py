@@ -26,7 +26,7 @@ from omegaconf import OmegaConf
 from tqdm import tqdm
 from transformers import AutoTokenizer
 
-from curricula.curriculum import Curriculum
+from curricula.curriculum import Curriculum, pilot_rollouts
 from curricula.replay import ReplayBuffer
 from curricula.tasks import UniformTaskSampler, heldout_tasks
 from rewards.base import Reward
@@ -212,7 +212,10 @@ async def _train_rank0(cfg: TurnRLConfig) -> dict:
     curriculum = None
     if cfg.curriculum.enabled:  # tasks from a pool that grows out of the failed ones
         curriculum = Curriculum.open(out_dir, cfg.curriculum, cfg.env.name, cfg.env.train_difficulties, cfg.train.seed,
-                                     cfg.env.eval_seed_offset, built.checkpoint, make_proposer(cfg))
+                                     cfg.env.eval_seed_offset, built.checkpoint, make_proposer(cfg),
+                                     pilot_rollouts(rollout, SamplingConfig(temperature=cfg.rollout.temperature,
+                                                                            top_p=cfg.rollout.top_p),
+                                                    lambda: curriculum.max_turns(buffer.version)))
         sampler = curriculum.sampler
         if "curriculum" in extra:
             curriculum.load_state_dict(extra["curriculum"])

@@ -1,10 +1,12 @@
 """Tests for curricula/generate.py: variants of failed tasks keep their lineage; each filter rejects
-what it should."""
+what it should, pilot rollouts included."""
 
+import asyncio
 import random
 
-from curricula.generate import feasible, filter_new_tasks, procedural_variants
-from curricula.pool import PoolTask
+from curricula.curriculum import Curriculum, CurriculumSettings
+from curricula.generate import feasible, filter_new_tasks, in_difficulty_band, procedural_variants
+from curricula.pool import PoolTask, TaskPool
 from rollout.env import get_env
 from rollout.types import Task
 
@@ -29,8 +31,8 @@ def test_filters_reject_duplicates_infeasible_tasks_and_tasks_outside_the_band()
     accepted, rejected = filter_new_tasks([*good, broken, duplicate], lambda text: text == in_pool)
     assert [a.task.id for a in accepted] == [good[0].task.id, good[1].task.id]
     assert rejected == {"duplicate": 2, "infeasible": 1}
-    accepted, rejected = filter_new_tasks(good[:2], lambda text: False, estimate=lambda t: 0.9)
-    assert not accepted and rejected == {"difficulty": 2}
+    kept, rejected = in_difficulty_band(good, [0.0, 0.5, 0.9], band=(0.05, 0.75))
+    assert [k.task.id for k in kept] == [good[1].task.id] and rejected == {"difficulty": 2}
     assert feasible(good[0].task) and not feasible(broken.task)
 
 
@@ -41,3 +43,23 @@ def test_a_mastered_task_gets_a_harder_variant_and_the_hardest_level_none():
     assert harder.task.difficulty == 3 and harder.task.parent_id == parent.task.id
     top = PoolTask(env.generate_task(3, max(env.difficulties)), 0, 0)
     assert procedural_variants(top, random.Random(0), step=4, mastered=True) == []
+
+
+def test_pilot_rollouts_keep_only_new_tasks_the_policy_solves_sometimes(tmp_path):
+    settings = CurriculumSettings(initial_tasks=3, generate_every=1, generators=["procedural"], pilot_rollouts=4,
+                                  difficulty_band=[0.05, 0.75])
+    pool = TaskPool(tmp_path / "tasks.sqlite")
+    pool.add([PoolTask(get_env("kbsearch").generate_task(s, 2), 0, 0) for s in (31, 32, 33)])
+    asked = []
+
+    async def pilot(tasks, episodes):  # success shares by position: hopeless, in band, solved, ...
+        asked.append((len(tasks), episodes))
+        return [(0.0, 0.5, 1.0)[i % 3] for i in range(len(tasks))]
+
+    curriculum = Curriculum(pool, settings, seed=0, pilot=pilot)
+    metrics = asyncio.run(curriculum.after_step([(t.task.id, False) for t in pool.all()], step=1))
+    candidates = asked[0][0]
+    assert asked == [(candidates, 4)] and metrics["curriculum/pilot_episodes"] == 4 * candidates
+    in_band = len(range(1, candidates, 3))
+    assert metrics["curriculum/accepted"] == in_band
+    assert metrics["curriculum/rejected_difficulty"] == candidates - in_band and len(pool) == 3 + in_band

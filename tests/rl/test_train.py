@@ -66,7 +66,9 @@ def test_curriculum_run_grows_its_pool_caps_turns_and_resumes_with_the_pool(tiny
     common = ["+experiment=smoke", "rollout=hf", f"model.path={tiny_model_dir}", "rollout.max_tokens_per_turn=16",
               "env.eval_tasks_per_difficulty=1", f"train.out_dir={tmp_path}/run", "curriculum.enabled=true",
               "curriculum.initial_tasks=6", "curriculum.generate_every=1", "curriculum.turn_caps=[1,2]",
-              "curriculum.turn_cap_every=2", "rollout.max_turns=4", "replay.ratio=1.0"]
+              "curriculum.turn_cap_every=2", "rollout.max_turns=4", "replay.ratio=1.0",
+              # Pilot rollouts through the workers; the band lets in even tasks the random policy never solves.
+              "curriculum.pilot_rollouts=2", "curriculum.difficulty_band=[0.0,1.0]"]
     summary = train(load_config([*common, "train.steps=3"]))
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in rows if "train/loss" in r]
@@ -75,6 +77,9 @@ def test_curriculum_run_grows_its_pool_caps_turns_and_resumes_with_the_pool(tiny
     assert [r["replay/size"] for r in steps] == [0.0, 0.0, 0.0]
     sizes = [r["curriculum/pool_size"] for r in steps]
     assert sizes[0] >= 6 and sizes == sorted(sizes) and summary["curriculum"]["accepted"] > 0
+    assert summary["curriculum"]["pilot_episodes"] == 2 * (summary["curriculum"]["generated"] -
+                                                           summary["curriculum"].get("rejected_duplicate", 0) -
+                                                           summary["curriculum"].get("rejected_infeasible", 0))
     records = [json.loads(line) for line in (tmp_path / "run" / "trajectories.jsonl").read_text().splitlines()]
     # Groups started at policy version v ran under the cap of step v (1 turn for v < 2).
     assert all(len(r["turns"]) <= 2 for r in records if r["source"] == "train")
