@@ -3,7 +3,7 @@
 `start_rollout(cfg)` gives the trainer what it generates with: a `RolloutPool` of
 `rollout.num_workers` Ray actors (the default), or, with `ray.enabled=false`, one `RolloutWorker`
 in the trainer's own process (for debugging). Both answer the same calls: `run_episodes`,
-`update_weights`, `stats`, `shutdown`.
+`generate` (one raw engine call, for the OpenAI-compatible proxy), `update_weights`, `stats`, `shutdown`.
 
 - Dispatch: each call (one GRPO group, or a slice of the held-out set) goes to the worker with
   the fewest episodes in flight.
@@ -30,7 +30,7 @@ import torch
 from rl.config import TurnRLConfig
 from rl.engines import make_rollout_worker
 from rl.weight_sync import BroadcastGroup, WeightBroadcastError, free_port, layout_of
-from rollout.engines.base import SamplingConfig
+from rollout.engines.base import Generation, SamplingConfig
 from rollout.engines.weights import WeightSyncTimeout
 from rollout.types import Task, Trajectory
 from rollout.worker import RolloutWorker, WorkerInfo
@@ -80,6 +80,9 @@ class LocalRollout:
                            group_ids: Sequence[str] | None = None, max_turns: int | None = None) -> list[Trajectory]:
         return await self.worker.run_episodes(tasks, sampling, group_ids, max_turns)
 
+    async def generate(self, prompt_ids: list[int], sampling: SamplingConfig) -> Generation:
+        return await self.worker.generate(prompt_ids, sampling)
+
     async def update_weights(self, state_dict: dict[str, torch.Tensor], version: int) -> None:
         await self.worker.update_weights(state_dict, version)
 
@@ -111,6 +114,9 @@ class RolloutActor:
     async def run_episodes(self, tasks: list[Task], sampling: SamplingConfig, group_ids: list[str] | None,
                            max_turns: int | None) -> list[Trajectory]:
         return await self._worker.run_episodes(tasks, sampling, group_ids, max_turns)
+
+    async def generate(self, prompt_ids: list[int], sampling: SamplingConfig) -> Generation:
+        return await self._worker.generate(prompt_ids, sampling)
 
     async def update_weights(self, state_dict: dict[str, torch.Tensor], version: int) -> WorkerInfo:
         await self._worker.update_weights(state_dict, version)
@@ -225,22 +231,31 @@ class RolloutPool:
     async def run_episodes(self, tasks: Sequence[Task], sampling: SamplingConfig,
                            group_ids: Sequence[str] | None = None, max_turns: int | None = None) -> list[Trajectory]:
         """Run the episodes on the least busy worker; if it dies meanwhile, again on its replacement."""
+        group_ids = None if group_ids is None else list(group_ids)
+        return await self._dispatch(len(tasks), lambda actor: actor.run_episodes.remote(list(tasks), sampling,
+                                                                                         group_ids, max_turns))
+
+    async def generate(self, prompt_ids: list[int], sampling: SamplingConfig) -> Generation:
+        """One raw engine call (the proxy's) on the least busy worker; again on its replacement if it dies."""
+        return await self._dispatch(1, lambda actor: actor.generate.remote(prompt_ids, sampling))
+
+    async def _dispatch(self, episodes: int, call):
+        """`call(actor)` on the worker with the fewest episodes in flight, re-queued if that worker dies."""
         from ray.exceptions import RayActorError
 
         while True:
             slot = min(self._slots, key=lambda s: (s.episodes_in_flight, s.index))
             actor = slot.actor
-            slot.episodes_in_flight += len(tasks)
+            slot.episodes_in_flight += episodes
             try:
-                return await actor.run_episodes.remote(list(tasks), sampling,
-                                                       None if group_ids is None else list(group_ids), max_turns)
+                return await call(actor)
             except RayActorError as err:
                 self._requeued += 1
                 log.warning("rollout worker %d died with %d episodes in flight; they are re-queued", slot.index,
                             slot.episodes_in_flight)
                 await self._replace(slot, actor, err)
             finally:
-                slot.episodes_in_flight -= len(tasks)
+                slot.episodes_in_flight -= episodes
 
     async def update_weights(self, state_dict: dict[str, torch.Tensor], version: int) -> None:
         """Every worker loads `state_dict` as policy `version` before this returns."""

@@ -40,6 +40,7 @@ from rl.evaluate import EvalResult, evaluate
 from rl.learner import Learner, LearnerConfig
 from rl.learner_ranks import announce, finish_learner_ranks, follow_rank0, start_learner_ranks, stop_learner_ranks
 from rl.metrics import MetricsSink, history_mean, mean_by_key, rollout_metrics, sample_table, workers_summary
+from rl.proxy_source import ProxySource
 from rl.report import write_report
 from rl.rollout_pool import start_ray, start_rollout
 from rl.update import policy_update
@@ -244,7 +245,9 @@ async def _train_rank0(cfg: TurnRLConfig) -> dict:
         sink.log({**sft_eval.metrics("eval/"), "eval/success_sft": sft_eval.success}, step=start_step)
 
         sampling = SamplingConfig(temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p)
-        producer = asyncio.create_task(generate_groups(
+        # rollout.source=proxy: your own agent plays the episodes through an OpenAI-compatible endpoint.
+        proxy = ProxySource(cfg, buffer, rollout, tokenizer) if cfg.rollout.source == "proxy" else None
+        producer = asyncio.create_task(proxy.run() if proxy else generate_groups(
             buffer, rollout, reward, sampler, sampling, cfg.algo.group_size, cfg.train.seed,
             curriculum.max_turns if curriculum else lambda version: None))
         bar = tqdm(range(start_step, cfg.train.steps), desc="train", unit="step", initial=start_step,
@@ -294,6 +297,7 @@ async def _train_rank0(cfg: TurnRLConfig) -> dict:
                 "perf/weight_sync_s": t_sync,
                 "perf/step_s": step_s,
                 "perf/gen_tokens_per_s": sum(t.num_generated_tokens for t in trajs) / step_s,
+                **(proxy.metrics() if proxy else {}),
             }
             if curriculum is not None:
                 metrics |= await curriculum.after_step([(t.task_id, t.success) for t in trajs], step + 1)

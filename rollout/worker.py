@@ -17,7 +17,7 @@ import torch
 
 from rollout.agent_loop import EpisodeLimits, run_episodes
 from rollout.chat import ChatFormat
-from rollout.engines.base import Engine, SamplingConfig
+from rollout.engines.base import Engine, Generation, SamplingConfig
 from rollout.types import Task, Trajectory
 
 
@@ -51,6 +51,10 @@ class RolloutWorker:
         `max_turns` overrides the worker's turn limit (a curriculum's turn cap)."""
         limits = self.limits if max_turns is None else replace(self.limits, max_turns=max_turns)
         return await run_episodes(self.engine, self.chat, tasks, sampling, limits, group_ids, self._executor)
+
+    async def generate(self, prompt_ids: list[int], sampling: SamplingConfig) -> Generation:
+        """One raw engine call, for episodes driven from outside (the OpenAI-compatible proxy)."""
+        return await self.engine.generate(prompt_ids, sampling)
 
     async def update_weights(self, state_dict: dict[str, torch.Tensor], version: int) -> None:
         """Load new weights in place; episodes in flight pause, then go on under `version`."""
