@@ -50,7 +50,7 @@ class ProposerSettings:
     temperature: float = 1.0
     max_tokens: int = 96
     timeout_s: float = 120.0
-    # `turnrl proposer train`: the tiny task writer, trained from model.base_path on pairs (failed
+    # `turnrl proposer train`: the tiny task writer, trained from the policy (model.path) on pairs (failed
     # task -> variant) made by the environment's own generator.
     writer_pairs: int = 6000
     writer_epochs: int = 4

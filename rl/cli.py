@@ -141,8 +141,8 @@ def writer_path(cfg: TurnRLConfig) -> str:
 def cmd_proposer_train(cfg: TurnRLConfig) -> None:
     from rl.proposer_training import train_writer
 
-    _require_model(cfg.model.base_path, "model.base_path", "`turnrl model init`")
-    metrics = train_writer(cfg.model.base_path, writer_path(cfg), cfg.env.name, cfg.env.train_difficulties,
+    _require_model(cfg.model.path)
+    metrics = train_writer(cfg.model.path, writer_path(cfg), cfg.env.name, cfg.env.train_difficulties,
                            cfg.env.eval_seed_offset, cfg.curriculum.proposer, cfg.train.seed)
     _print_result({"task_writer": writer_path(cfg), **metrics})
 

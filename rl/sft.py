@@ -72,6 +72,19 @@ def sft_loss(model, ids: torch.Tensor, attn: torch.Tensor, mask: torch.Tensor) -
     return (nll * weights).sum() / weights.sum().clamp(min=1.0)
 
 
+def sft_step(trained, model, optimizer, schedule, ids: torch.Tensor, attn: torch.Tensor,
+             mask: torch.Tensor) -> torch.Tensor:
+    """One optimizer step on `sft_loss` (forward through `trained`, e.g. its DDP wrapper; gradients
+    of `model` clipped at 1); returns the loss."""
+    loss = sft_loss(trained, ids, attn, mask)
+    optimizer.zero_grad()
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    optimizer.step()
+    schedule.step()
+    return loss
+
+
 def run_sft(base_path: str, out_dir: str, env_name: str, num_demos: int, difficulty_weights: dict[int, float],
             epochs: int, lr: float, batch_size: int, seed: int, first_turn_epochs: int = 0) -> SFTResult:
     """Train `base_path` on expert demonstrations and write the policy to `out_dir` (HF format).
@@ -158,12 +171,7 @@ def _train_stage(model, demos: list[Trajectory], pad_id: int, epochs: int, lr: f
                 if len(rows) < ranks.world:  # a last batch too small to give every rank a row
                     continue
                 batch = [demos[i] for i in rows[ranks.rank :: ranks.world]]
-                loss = sft_loss(trained, *pad_batch(batch, pad_id, max_turns))
-                optimizer.zero_grad()
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-                optimizer.step()
-                schedule.step()
+                loss = sft_step(trained, model, optimizer, schedule, *pad_batch(batch, pad_id, max_turns))
                 bar.set_postfix(loss=f"{loss.item():.3f}")
                 bar.update()
     return loss

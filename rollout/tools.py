@@ -103,3 +103,13 @@ def _short(value: Any, limit: int = 40) -> str:
     """A repr of something the agent wrote, cut so a long junk argument is not echoed back whole."""
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def calculator_tool(expression: str) -> StepResult:
+    """The `calculate` tool shared by environments: the safe evaluator's result, or an error observation."""
+    from rollout.calculator import CalculatorError, calculate, format_number
+
+    try:
+        return StepResult(format_number(calculate(expression)))
+    except CalculatorError as err:
+        return error_result(str(err))

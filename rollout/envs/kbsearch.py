@@ -15,9 +15,9 @@ import random
 import re
 from dataclasses import dataclass, field
 
-from rollout.calculator import CalculatorError, calculate, format_number
+from rollout.calculator import format_number
 from rollout.env import register_env
-from rollout.tools import dispatch, episode_over, error_result, made_up_names
+from rollout.tools import calculator_tool, dispatch, episode_over, error_result, made_up_names
 from rollout.types import StepResult, Task, ToolCall, ToolSpec
 
 MAX_SEARCH_RESULTS = 5
@@ -311,7 +311,7 @@ class KBSearchEnv:
         if self.done:
             return episode_over()
         return dispatch(call, self.tools, {"search": self._search, "open": self._open,
-                                           "calculate": self._calculate, "answer": self._answer})
+                                           "calculate": calculator_tool, "answer": self._answer})
 
     def verify(self) -> bool:
         return self.answer is not None and _normalise(self.answer) == _normalise(self.gold)
@@ -338,12 +338,6 @@ class KBSearchEnv:
         if found is None:
             return error_result(f"no entity named {entity.strip()[:40]!r}; use search to find names")
         return StepResult(found.describe())
-
-    def _calculate(self, expression: str) -> StepResult:
-        try:
-            return StepResult(format_number(calculate(expression)))
-        except CalculatorError as err:
-            return error_result(str(err))
 
     def _answer(self, text: str) -> StepResult:
         self.answer = text

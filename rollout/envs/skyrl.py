@@ -26,10 +26,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from rollout.calculator import CalculatorError, calculate, format_number
 from rollout.env import register_env
 from rollout.envs.extras import require
-from rollout.tools import dispatch, episode_over, error_result, made_up_names
+from rollout.tools import calculator_tool, dispatch, episode_over, error_result, made_up_names
 from rollout.types import StepResult, Task, ToolCall, ToolSpec
 
 MAX_OBSERVATION_CHARS = 600
@@ -126,19 +125,13 @@ class SkyRLGSM8KEnv:
     def step(self, call: ToolCall) -> StepResult:
         if self.done:
             return episode_over()
-        return dispatch(call, self.tools, {"calculate": self._calculate, "answer": self._answer})
+        return dispatch(call, self.tools, {"calculate": calculator_tool, "answer": self._answer})
 
     def verify(self) -> bool:
         return self.reward == 1.0
 
     def close(self) -> None:
         self.env.close()
-
-    def _calculate(self, expression: str) -> StepResult:
-        try:
-            return StepResult(format_number(calculate(expression)))
-        except CalculatorError as err:
-            return error_result(str(err))
 
     def _answer(self, text: str) -> StepResult:
         out = self.env.step(f"#### {text.strip()}")  # the package's strict format
