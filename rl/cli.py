@@ -167,10 +167,10 @@ def cmd_tasks(cfg: TurnRLConfig) -> None:
     _print_result(lineage_tree(TaskPool(path)))
 
 
-def _require_model(path: str, key: str = "model.path", make: str = "`turnrl model init && turnrl sft`") -> None:
+def _require_model(path: str) -> None:
     if not Path(path, "config.json").exists():
-        raise SystemExit(f"no model at {key}={path}: run {make} for the tiny default, or point {key} at a "
-                         "Hugging Face model directory")
+        raise SystemExit(f"no model at model.path={path}: run `turnrl model init && turnrl sft` for the tiny "
+                         "default, or point model.path at a Hugging Face model directory")
 
 
 # Commands with sub-commands: group -> (help, {sub-command: (handler, help)}).
