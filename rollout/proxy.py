@@ -29,6 +29,7 @@ import contextlib
 import json
 import logging
 import re
+import socket
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -215,6 +216,11 @@ class ProxyServer:
         async def _http(request: Request, err: HTTPException) -> JSONResponse:
             return error(err.status_code, f"{err.detail}: {request.method} {request.url.path}")
 
+        @app.exception_handler(Exception)
+        async def _failed(request: Request, err: Exception) -> JSONResponse:  # the engine or the trainer failed
+            log.exception("proxy request %s failed", request.url.path)
+            return error(500, f"{type(err).__name__}: {err}")
+
         @app.get("/v1/models")
         async def models() -> dict:
             return {"object": "list", "data": [{"id": self.settings.model_name, "object": "model", "created": 0,
@@ -310,18 +316,24 @@ class ProxyServer:
             def capture_signals(self):  # the trainer owns SIGINT/SIGTERM, not the endpoint
                 yield
 
-        config = uvicorn.Config(self.app, host=host, port=port, log_level="warning", lifespan="off",
-                                timeout_graceful_shutdown=1)
+        # Bound here, not by uvicorn, which answers a taken port with sys.exit.
+        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as err:
+            sock.close()
+            raise OSError(f"the proxy cannot listen on {host}:{port} (rollout.proxy.host/port): {err}") from err
+        config = uvicorn.Config(self.app, log_level="warning", lifespan="off", timeout_graceful_shutdown=1)
         self._server = _Server(config)
-        self._serving = asyncio.create_task(self._server.serve(), name="proxy-server")
+        self._serving = asyncio.create_task(self._server.serve(sockets=[sock]), name="proxy-server")
         while not self._server.started:
             if self._serving.done():
-                await self._serving  # raises why it could not start (e.g. the port is taken)
-                raise RuntimeError(f"the proxy could not listen on {host}:{port}")
+                await self._serving
+                raise RuntimeError(f"the proxy stopped while starting on {host}:{port}")
             await asyncio.sleep(0.01)
         self._sweeper = asyncio.create_task(self._sweep(), name="proxy-sweeper")
-        bound = self._server.servers[0].sockets[0].getsockname()[1]
-        url = f"http://{host}:{bound}/v1"
+        url = f"http://{host}:{sock.getsockname()[1]}/v1"
         log.info("OpenAI-compatible proxy serving %s at %s", self.settings.model_name, url)
         return url
 
