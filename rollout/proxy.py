@@ -289,6 +289,10 @@ class ProxyServer:
     async def finish(self, episode_id: str, body: FinishRequest) -> dict:
         """End an episode with the agent's reward; hands it to `on_episode_end`."""
         success = body.reward > 0 if body.success is None else body.success
+        episode = self.recorder.episodes.get(episode_id)
+        if episode is not None:
+            async with episode.lock:  # a call still in flight is recorded first
+                pass
         try:
             done = self.recorder.finish(episode_id, body.reward, success, body.finish_reason)
         except KeyError as err:
