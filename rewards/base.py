@@ -7,7 +7,9 @@ ORM worker does) and it never blocks the event loop, so generation goes on while
 - outcome: one number per trajectory;
 - turn: optionally one number per turn of each trajectory, placed on the turn's last generated
   token (PPO's GAE sees them there; group-relative estimators use the episode's total);
-- metrics: named numbers for the logs (the composition prefixes them with the term's name).
+- metrics: named numbers for the logs (the composition prefixes them with the term's name);
+- flagged: optionally, per trajectory, the turns a term judged erroneous (the LLM judge with
+  `judge.flag_turns`). They stay in context with loss mask 0, as the environment's flagged turns do.
 
 Terms: `verifier` (the environment's verifier), `format` (a penalty per malformed or failed tool
 call, on its turn), `length` (DAPO's soft over-length penalty); `rewards/orm.py` and
@@ -28,6 +30,7 @@ class GroupRewards:
     outcome: list[float]  # one per trajectory
     turn: list[list[float]] | None = None  # per trajectory, one per turn (None: no per-turn rewards)
     metrics: dict[str, float] = field(default_factory=dict)
+    flagged: list[set[int]] | None = None  # per trajectory, indices of turns to mask
 
     def totals(self) -> list[float]:
         """Each trajectory's return: its outcome plus its per-turn rewards."""
@@ -36,12 +39,17 @@ class GroupRewards:
         return [o + sum(t) for o, t in zip(self.outcome, self.turn, strict=True)]
 
     def assign(self, trajectories: list[Trajectory]) -> list[float]:
-        """Write the rewards onto `trajectories` (`reward`: the total; each turn's own); returns the totals."""
+        """Write the rewards onto `trajectories` (`reward`: the total; each turn's own) and mask the
+        flagged turns; returns the totals."""
         totals = self.totals()
         for i, traj in enumerate(trajectories):
             traj.reward = totals[i]
             for turn, value in zip(traj.turns, self.turn[i] if self.turn else [], strict=False):
                 turn.reward = value
+            for index in sorted(self.flagged[i]) if self.flagged else []:
+                turn = traj.turns[index]
+                turn.masked = True
+                traj.loss_mask[turn.action_start:turn.action_end] = [0] * (turn.action_end - turn.action_start)
         return totals
 
 
@@ -99,6 +107,7 @@ class WeightedSum:
         n = len(trajectories)
         outcome = [0.0] * n
         turn = None
+        flagged = None
         metrics: dict[str, float] = {}
         for name, part in zip(names, parts, strict=True):
             weight = self.terms[name][1]
@@ -109,6 +118,8 @@ class WeightedSum:
                 turn = turn or [[0.0] * len(t.turns) for t in trajectories]
                 turn = [[a + weight * b for a, b in zip(ta, tb, strict=True)] for ta, tb in zip(turn, part.turn,
                                                                                                  strict=True)]
+            if part.flagged is not None:  # a turn any term flags is masked
+                flagged = [a | b for a, b in zip(flagged or [set() for _ in range(n)], part.flagged, strict=True)]
             metrics[f"{name}/mean"] = sum(part.totals()) / n
             metrics.update({f"{name}/{k}": v for k, v in part.metrics.items()})
-        return GroupRewards(outcome, turn, metrics)
+        return GroupRewards(outcome, turn, metrics, flagged)

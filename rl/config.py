@@ -209,7 +209,7 @@ class JudgeConfig(JudgeSettings):
     model: str = ""  # the model name the endpoint serves
     api_key_env: str = "OPENAI_API_KEY"  # the environment variable holding the endpoint's key, if any
     model_path: str = ""
-    rubric: str = ""  # a Jinja template file (task, trajectory, nonce, score_min, score_max); "": built in
+    rubric: str = ""  # a Jinja template (task, trajectory, nonce, score_min, score_max, flag_turns); "": built in
 
 
 @dataclass

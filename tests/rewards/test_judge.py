@@ -9,9 +9,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from rewards.judge import JudgeReward, JudgeSettings, Rubric, neutralize, parse_score
+from rewards.base import VerifierReward, WeightedSum
+from rewards.judge import JudgeReward, JudgeSettings, Rubric, neutralize, parse_mistakes, parse_score
 from rollout.completion import HTTPCompletion
-from rollout.types import Task
+from rollout.types import FinishReason, Task, Trajectory, Turn
 
 TASK = Task(id="t", env="kbsearch", difficulty=1, instruction="Where was Ada born?", params={})
 
@@ -65,7 +66,8 @@ class ScriptedJudgeServer:
                     self.send_response(500)
                     self.end_headers()
                     return
-                data = json.dumps({"choices": [{"message": {"content": reply}}] * body["n"]}).encode()
+                choices = reply if isinstance(reply, list) else [reply] * body["n"]  # a list: one per vote
+                data = json.dumps({"choices": [{"message": {"content": c}} for c in choices]}).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
@@ -123,3 +125,62 @@ def test_votes_are_averaged_and_repeated_trajectories_come_from_the_cache():
         assert "answer(Lyon)" in server.requests[0]["messages"][0]["content"]
     finally:
         server.close()
+
+
+@pytest.mark.parametrize("answer, expected", [
+    ("Score: 3\nMistakes: 2, 4", ({1, 3}, "ok")),
+    ("Score: 3\nmistakes: none", (set(), "ok")),
+    ("Score: 3", (None, "no_mistakes")),
+    ("Score: 3\nMistakes: 2, 9", ({1}, "mistakes_out_of_range")),  # the episode has 4 turns
+])
+def test_parse_mistakes_names_turns_within_the_episode(answer, expected):
+    assert parse_mistakes(answer, num_turns=4) == expected
+
+
+class CharTokenizer:
+    """Decodes token ids as characters: enough to render a transcript."""
+
+    def decode(self, ids, skip_special_tokens=False):
+        return "".join(chr(i) for i in ids)
+
+
+def three_turn_trajectory() -> Trajectory:
+    text = "Q" + "open(Ada)" + "Ada: born in Lyon" + "answer(Oslo)" + "Answer recorded." + "answer(Lyon)" + "ok"
+    ids = [ord(c) for c in text]
+    bounds = [(1, 10, 27), (27, 39, 55), (55, 67, 69)]
+    mask = [0] * len(ids)
+    for start, end, _ in bounds:
+        mask[start:end] = [1] * (end - start)
+    return Trajectory(task_id="t", group_id="0", token_ids=ids, loss_mask=mask, logprobs=[-0.1] * len(ids),
+                      versions=[0] * len(ids), prompt_length=1, turns=[Turn(a, b, c) for a, b, c in bounds],
+                      finish_reason=FinishReason.DONE, success=True)
+
+
+def test_turns_the_judge_flags_stay_in_context_with_loss_mask_zero():
+    server = ScriptedJudgeServer([["Score: 10\nMistakes: 2", "Score: 10\nMistakes: 2, 3", "Score: 7\nMistakes: 2"]])
+    try:
+        judge = JudgeReward(HTTPCompletion(server.url, "judge"), Rubric(), CharTokenizer(),
+                            JudgeSettings(flag_turns=True, samples=3, temperature=1.0, timeout_s=5.0))
+        traj = three_turn_trajectory()
+        before = list(traj.loss_mask)
+        rewards = WeightedSum({"judge": (judge, 1.0), "verifier": (VerifierReward(), 1.0)})
+        scored = asyncio.run(rewards(TASK, [traj]))
+        prompt = server.requests[0]["messages"][0]["content"]
+        assert "[turn 1]\nopen(Ada)Ada: born in Lyon\n[turn 2]\nanswer(Oslo)" in prompt and "Mistakes:" in prompt
+        assert scored.flagged == [{1}]  # turn 2 by all three votes; turn 3 by one of three
+        assert scored.outcome == [pytest.approx(0.9 + 1.0)]  # the votes' mean, plus the verifier
+        assert scored.metrics["judge/flagged_turn_share"] == pytest.approx(1 / 3)
+        scored.assign([traj])
+        assert [t.masked for t in traj.turns] == [False, True, False]
+        assert traj.loss_mask[27:39] == [0] * 12 and traj.token_ids == [ord(c) for c in "Q" + "open(Ada)" +
+                                                                     "Ada: born in Lyon" + "answer(Oslo)" +
+                                                                     "Answer recorded." + "answer(Lyon)" + "ok"]
+        assert [m for i, m in enumerate(traj.loss_mask) if not 27 <= i < 39] == \
+            [m for i, m in enumerate(before) if not 27 <= i < 39]
+    finally:
+        server.close()
+
+
+def test_without_flag_turns_the_rubric_asks_for_a_score_only():
+    assert "Mistakes" not in Rubric().render(TASK, "answer(Lyon)", 0, 10)
+    assert "Mistakes" in Rubric().render(TASK, "answer(Lyon)", 0, 10, flag_turns=True)
