@@ -7,10 +7,12 @@ sends one text command ("open fridge", "move west"); `actions` lists the command
 says are valid now (without the many `examine ...` ones, cut to a few hundred characters).
 
 Tasks: `generate_task(seed, difficulty)` draws the game type from `GAMES` by seed; `make_task`
-names one of all eight. Difficulty 1-4 sets the game's generation knobs (rooms, ingredients,
-items to put away, distractors, doors; see `PARAMS`), so the gold path grows from a few steps to
-a few dozen. The expert solution is the game's own gold action sequence, cut at the win. arithmetic, sorting
-and peckingorder have no knobs: every difficulty is the same game for them.
+names one of all eight. `twx_<game>` (e.g. `env.name=twx_coin`) is the same environment with every
+task of that one game, to train on a single game type. Difficulty 1-4 sets the game's generation
+knobs (rooms, ingredients, items to put away, distractors, doors; see `PARAMS`), so the gold path
+grows from a few steps to a few dozen. The expert solution is the game's own gold action sequence,
+cut at the win. arithmetic, sorting and peckingorder have no knobs: every difficulty is the same
+game for them.
 
 All games of a process share one JVM (started on first use, about 0.6 s); each environment is its
 own game object in it, so creating one costs a few tens of milliseconds and a step about 1 ms.
@@ -137,8 +139,8 @@ class _Game:
             _gateway.detach(self.java)
 
 
-def make_task(game: str, seed: int, difficulty: int) -> Task:
-    """A task of one named TextWorldExpress `game` (a key of PARAMS)."""
+def make_task(game: str, seed: int, difficulty: int, env: str = "twx") -> Task:
+    """A task of one named TextWorldExpress `game` (a key of PARAMS), played by environment `env`."""
     if game not in PARAMS:
         raise ValueError(f"twx game must be one of {sorted(PARAMS)}, got {game!r}")
     if difficulty not in TWXEnv.difficulties:
@@ -149,7 +151,7 @@ def make_task(game: str, seed: int, difficulty: int) -> Task:
         instruction = compact(world.description())
     finally:
         world.close()
-    return Task(id=f"twx-{game}-d{difficulty}-s{seed}", env="twx", instruction=instruction,
+    return Task(id=f"twx-{game}-d{difficulty}-s{seed}", env=env, instruction=instruction,
                 params={"game": game, "game_params": game_params, "seed": seed, "fold": FOLD,
                         "difficulty": difficulty}, difficulty=difficulty)
 
@@ -219,3 +221,19 @@ class TWXEnv:
 
     def _actions(self) -> StepResult:
         return StepResult(format_actions(list(self.game.state.get("validActions", []))))
+
+
+def _one_game(game: str) -> type:
+    """TWXEnv whose generator makes tasks of `game` only, registered as `twx_<game>`."""
+    name = f"twx_{game}"
+
+    class OneGame(TWXEnv):
+        @staticmethod
+        def generate_task(seed: int, difficulty: int) -> Task:
+            return make_task(game, seed, difficulty, env=name)
+
+    OneGame.__name__ = OneGame.__qualname__ = f"TWX{game.title()}Env"
+    return register_env(name)(OneGame)
+
+
+ONE_GAME_ENVS = {game: _one_game(game) for game in PARAMS}

@@ -10,7 +10,7 @@ from rollout.agent_loop import EpisodeLimits, run_episode  # noqa: E402
 from rollout.chat import ChatFormat, format_tool_call  # noqa: E402
 from rollout.demos import ScriptedEngine  # noqa: E402
 from rollout.engines.base import SamplingConfig  # noqa: E402
-from rollout.env import Env, get_env  # noqa: E402
+from rollout.env import Env, get_env, registered_envs  # noqa: E402
 from rollout.envs import twx  # noqa: E402
 from rollout.envs.extras import MissingExtraError  # noqa: E402
 from rollout.envs.twx import GAMES, PARAMS, TWXEnv, compact, format_actions, make_task  # noqa: E402
@@ -34,6 +34,16 @@ def test_registered_under_its_name_and_follows_the_protocol():
     assert isinstance(env, Env)
     env.close()
     assert {TWXEnv.generate_task(seed, 1).params["game"] for seed in range(len(GAMES))} == set(GAMES)
+
+
+def test_twx_game_names_an_environment_whose_tasks_are_all_that_game():
+    assert {f"twx_{game}" for game in PARAMS} <= set(registered_envs())
+    env_cls = get_env("twx_coin")
+    tasks = [env_cls.generate_task(seed, 1) for seed in range(4)]
+    assert {t.params["game"] for t in tasks} == {"coin"} and {t.env for t in tasks} == {"twx_coin"}
+    env = get_env(tasks[0].env)(tasks[0])
+    assert [env.step(c) for c in env_cls.expert_solution(tasks[0])][-1].done and env.verify()
+    env.close()
 
 
 @pytest.mark.parametrize("game", sorted(PARAMS))
