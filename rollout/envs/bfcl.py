@@ -60,7 +60,7 @@ from typing import Any
 
 from rollout.env import register_env
 from rollout.envs.extras import require
-from rollout.tools import episode_over, error_result, signature
+from rollout.tools import episode_over, error_result, validate_arguments
 from rollout.types import StepResult, Task, ToolCall, ToolSpec
 
 # Not in the envs extra: its declared dependencies would downgrade numpy (`make` runs this line).
@@ -209,23 +209,6 @@ def parse_call(text: str) -> ToolCall:
     return ToolCall(name, arguments)
 
 
-def check_arguments(spec: ToolSpec, arguments: dict[str, Any]) -> str | None:
-    """What is wrong with `arguments` for `spec` (an unexpected or a missing argument), or None.
-
-    Types and lengths are left to the backend, as in BFCL's executor: the ground truth itself
-    passes strings where a doc says integer (`close_ticket(ticket_id='ticket_001')`) and writes
-    files of thousands of characters.
-    """
-    props = spec.parameters.get("properties", {})
-    extra = [name for name in arguments if name not in props]
-    if extra:
-        return f"{spec.name} got unexpected argument {extra[0][:40]!r}; call it as {signature(spec)}"
-    missing = [name for name in spec.parameters.get("required", []) if name not in arguments]
-    if missing:
-        return f"{spec.name} is missing argument {missing[0]!r}; call it as {signature(spec)}"
-    return None
-
-
 def _user_text(messages: list[dict[str, str]]) -> str:
     return " ".join(m["content"] for m in messages if m["role"] == "user")
 
@@ -291,7 +274,9 @@ class BFCLEnv:
         if spec is None:
             names = ", ".join(s.name for s in self.tools)
             return error_result(f"unknown tool {call.name[:40]!r} for this task; tools: {names}")
-        problem = check_arguments(spec, call.arguments)
+        # Types and lengths are left to the backend, as in BFCL's executor: its ground truth passes strings
+        # where a doc says integer (`close_ticket(ticket_id='ticket_001')`) and writes long files.
+        problem = validate_arguments(spec, call.arguments, check_values=False)
         if problem is not None:
             return error_result(problem)
         if spec is RESPOND:
