@@ -11,8 +11,9 @@ names one of all eight. `twx_<game>` (e.g. `env.name=twx_coin`) is the same envi
 task of that one game, to train on a single game type. Difficulty 1-4 sets the game's generation
 knobs (rooms, ingredients, items to put away, distractors, doors; see `PARAMS`), so the gold path
 grows from a few steps to a few dozen. The expert solution is the game's own gold action sequence,
-cut at the win. arithmetic, sorting and peckingorder have no knobs: every difficulty is the same
-game for them.
+cut at the win; for Coin, whose gold path is a random walk that differs between JVM processes, a
+breadth-first search over the rooms (deterministic, shortest in rooms). arithmetic, sorting and
+peckingorder have no knobs: every difficulty is the same game for them.
 
 All games of a process share one JVM (started on first use, about 0.6 s); each environment is its
 own game object in it, so creating one costs a few tens of milliseconds and a step about 1 ms.
@@ -139,6 +140,41 @@ class _Game:
             _gateway.detach(self.java)
 
 
+def _room(state: dict[str, Any]) -> str:
+    return state["look"].split(".")[0]  # "You are in the kitchen"
+
+
+def _coin_path(world: _Game, p: dict[str, Any]) -> list[str]:
+    """The shortest way (in rooms) to the coin, by breadth-first search over rooms: `look around`,
+    then for each room on the way `open door to <d>` where there is one and `move <d>`, then `take
+    coin`. Each room is reached by replaying its path from a fresh start of the same game, so the
+    result depends only on the map, not on the game's random gold path."""
+
+    def replay(path: list[str]) -> dict[str, Any]:
+        world.state = json.loads(world.java.generateNewGameJSON(p["seed"], p.get("fold", FOLD), True))
+        for command in path:
+            world.step(command)
+        return world.state
+
+    start = ["look around"]
+    frontier, seen = [start], {_room(replay(start))}
+    while frontier:
+        path = frontier.pop(0)
+        state = replay(path)
+        if "take coin" in state["validActions"]:
+            replay([])  # leave the game at its start for the caller
+            return [*path, "take coin"]
+        moves = sorted(a for a in state["validActions"] if a.startswith("move "))
+        for move in moves:
+            door = f"open door to {move.removeprefix('move ')}"
+            step = [door, move] if door in state["validActions"] else [move]
+            room = _room(replay([*path, *step]))
+            if room not in seen:
+                seen.add(room)
+                frontier.append([*path, *step])
+    raise ValueError(f"twx coin game {p['seed']} ({p['game_params']}): no room with a coin is reachable")
+
+
 def make_task(game: str, seed: int, difficulty: int, env: str = "twx") -> Task:
     """A task of one named TextWorldExpress `game` (a key of PARAMS), played by environment `env`."""
     if game not in PARAMS:
@@ -182,9 +218,11 @@ class TWXEnv:
     def expert_solution(task: Task) -> list[ToolCall]:
         p = task.params
         world = _Game(p["game"], p["game_params"], p["seed"], p.get("fold", FOLD))
-        calls = []
         try:
-            for command in world.gold():  # some gold paths (twc) walk on after the win: cut there
+            # Coin's gold path is a random walk that differs between JVM processes: search instead.
+            commands = _coin_path(world, p) if p["game"] == "coin" else world.gold()
+            calls = []
+            for command in commands:  # some gold paths (twc) walk on after the win: cut there
                 calls.append(ToolCall("act", {"command": command}))
                 if world.step(command).get("tasksuccess"):
                     break

@@ -66,6 +66,32 @@ def test_gold_path_wins_at_every_difficulty(difficulty):
         env.close()
 
 
+COIN_EXPERT = """
+import json
+from rollout.envs.twx import TWXEnv, make_task
+print(json.dumps([[c.arguments["command"] for c in TWXEnv.expert_solution(make_task("coin", seed, difficulty))]
+                  for difficulty in (2, 3, 4) for seed in range(4)]))
+"""
+
+
+def test_coin_expert_is_the_same_in_every_process_and_wins():
+    # The game's own Coin gold path is a random walk that changes from one JVM to the next; SFT
+    # data and the tokenizer's corpus come from the expert, so it must not.
+    import subprocess
+    import sys
+
+    runs = [subprocess.run([sys.executable, "-c", COIN_EXPERT], capture_output=True, text=True, check=True).stdout
+            for _ in range(2)]
+    assert runs[0] == runs[1]
+    for difficulty in (2, 3, 4):
+        for seed in range(4):
+            task = make_task("coin", seed, difficulty)
+            env = TWXEnv(task)
+            results = [env.step(call) for call in TWXEnv.expert_solution(task)]
+            assert results[-1].done and env.verify(), task.id
+            env.close()
+
+
 def test_difficulty_lengthens_the_gold_path():
     def mean_length(difficulty):
         tasks = [make_task("cookingworld", seed, difficulty) for seed in range(6)]
