@@ -1,4 +1,4 @@
-"""A short GRPO run on a TextWorldExpress game improves held-out success over its SFT start.
+"""A short GRPO run on a TextWorldExpress game against its SFT start, on the same held-out tasks.
 
     python tests/benchmarks/twx_training.py [--steps 30] [--eval-tasks 50] [OVERRIDE ...]
 
