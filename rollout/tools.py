@@ -33,6 +33,11 @@ _JSON_NAMES = {str: "string", int: "integer", float: "number", bool: "boolean", 
                type(None): "null"}
 
 
+def string_argument(name: str) -> dict[str, Any]:
+    """The JSON schema of a tool's arguments when it takes one required string, `name`."""
+    return {"type": "object", "properties": {name: {"type": "string"}}, "required": [name]}
+
+
 def error_result(message: str) -> StepResult:
     """An error observation for a call that did nothing; the agent reads `message` and retries."""
     return StepResult(observation=f"Error: {message}", error=True)

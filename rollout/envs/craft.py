@@ -13,7 +13,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 from rollout.env import register_env
-from rollout.tools import dispatch, episode_over, error_result, made_up_names
+from rollout.tools import dispatch, episode_over, error_result, made_up_names, string_argument
 from rollout.types import StepResult, Task, ToolCall, ToolSpec
 
 # difficulty -> (tree depth, inclusive range of expert turns a drawn tree must need)
@@ -75,18 +75,14 @@ def build(seed: int, difficulty: int) -> World:
     raise RuntimeError(f"craft seed {seed}: no tree of depth {depth} needs {low}-{high} turns")
 
 
-def _schema() -> dict:
-    return {"type": "object", "properties": {"item": {"type": "string"}}, "required": ["item"]}
-
-
 @register_env("craft")
 class CraftEnv:
     """Craft the goal item: look up `recipe`s, `gather` base items, `craft` bottom-up."""
 
     tools = [
-        ToolSpec("recipe", "Show what an item is made of.", _schema()),
-        ToolSpec("gather", "Gather one base item.", _schema()),
-        ToolSpec("craft", "Craft one item from the inventory.", _schema()),
+        ToolSpec("recipe", "Show what an item is made of.", string_argument("item")),
+        ToolSpec("gather", "Gather one base item.", string_argument("item")),
+        ToolSpec("craft", "Craft one item from the inventory.", string_argument("item")),
         ToolSpec("inventory", "Show the inventory.", {"type": "object", "properties": {}, "required": []}),
     ]
     difficulties = (1, 2, 3, 4)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from rollout.calculator import format_number
 from rollout.env import register_env
-from rollout.tools import calculator_tool, dispatch, episode_over, error_result, made_up_names
+from rollout.tools import calculator_tool, dispatch, episode_over, error_result, made_up_names, string_argument
 from rollout.types import StepResult, Task, ToolCall, ToolSpec
 
 MAX_SEARCH_RESULTS = 5
@@ -234,19 +234,16 @@ def _normalise(text: str) -> str:
         return text
 
 
-def _schema(name: str) -> dict:
-    return {"type": "object", "properties": {name: {"type": "string"}}, "required": [name]}
-
 
 @register_env("kbsearch")
 class KBSearchEnv:
     """Look facts up with `search`/`open`, combine them with `calculate`, end with `answer`."""
 
     tools = [
-        ToolSpec("search", "Find entities matching words.", _schema("query")),
-        ToolSpec("open", "Show an entity's facts.", _schema("entity")),
-        ToolSpec("calculate", "Evaluate arithmetic.", _schema("expression")),
-        ToolSpec("answer", "Give the final answer.", _schema("text")),
+        ToolSpec("search", "Find entities matching words.", string_argument("query")),
+        ToolSpec("open", "Show an entity's facts.", string_argument("entity")),
+        ToolSpec("calculate", "Evaluate arithmetic.", string_argument("expression")),
+        ToolSpec("answer", "Give the final answer.", string_argument("text")),
     ]
     difficulties = (1, 2, 3, 4)
 

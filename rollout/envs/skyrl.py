@@ -28,15 +28,12 @@ from typing import Any
 
 from rollout.env import register_env
 from rollout.envs.extras import require
-from rollout.tools import calculator_tool, dispatch, episode_over, error_result, made_up_names
+from rollout.tools import calculator_tool, dispatch, episode_over, error_result, made_up_names, string_argument
 from rollout.types import StepResult, Task, ToolCall, ToolSpec
 
 MAX_OBSERVATION_CHARS = 600
 DIFFICULTIES = (1, 2, 3, 4)
 
-
-def _schema(name: str) -> dict:
-    return {"type": "object", "properties": {name: {"type": "string"}}, "required": [name]}
 
 
 def _skyrl() -> Any:
@@ -93,8 +90,8 @@ class SkyRLGSM8KEnv:
     """Solve a word problem; `answer` is scored by SkyRL-Gym's gsm8k_multi_turn (a few tries)."""
 
     tools = [
-        ToolSpec("calculate", "Evaluate arithmetic.", _schema("expression")),
-        ToolSpec("answer", "Give the final numeric answer.", _schema("text")),
+        ToolSpec("calculate", "Evaluate arithmetic.", string_argument("expression")),
+        ToolSpec("answer", "Give the final numeric answer.", string_argument("text")),
     ]
     difficulties = DIFFICULTIES
 
@@ -224,8 +221,8 @@ class SkyRLText2SQLEnv:
     """Answer a question over a SQLite database: explore with `sql`, submit one `answer` query."""
 
     tools = [
-        ToolSpec("sql", "Run a read-only SQL query and see its rows.", _schema("query")),
-        ToolSpec("answer", "Submit the SQL query that answers the question.", _schema("query")),
+        ToolSpec("sql", "Run a read-only SQL query and see its rows.", string_argument("query")),
+        ToolSpec("answer", "Submit the SQL query that answers the question.", string_argument("query")),
     ]
     difficulties = DIFFICULTIES
 

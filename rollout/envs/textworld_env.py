@@ -28,7 +28,7 @@ from typing import Any
 
 from rollout.env import register_env
 from rollout.envs.extras import require
-from rollout.tools import dispatch, episode_over, error_result
+from rollout.tools import dispatch, episode_over, error_result, string_argument
 from rollout.types import StepResult, Task, ToolCall, ToolSpec
 
 MAX_OBSERVATION_CHARS = 700
@@ -95,7 +95,7 @@ class TextWorldEnv:
 
     tools = [
         ToolSpec("act", "Do one text command in the game, e.g. 'go east', 'take key', 'open box', 'look'.",
-                 {"type": "object", "properties": {"command": {"type": "string"}}, "required": ["command"]}),
+                 string_argument("command")),
     ]
     difficulties = tuple(SHAPES)
 

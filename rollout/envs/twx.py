@@ -29,7 +29,7 @@ from typing import Any
 
 from rollout.env import register_env
 from rollout.envs.extras import MissingExtraError, require
-from rollout.tools import dispatch, episode_over, error_result
+from rollout.tools import dispatch, episode_over, error_result, string_argument
 from rollout.types import StepResult, Task, ToolCall, ToolSpec
 
 log = logging.getLogger(__name__)
@@ -198,7 +198,7 @@ class TWXEnv:
 
     tools = [
         ToolSpec("act", "Do one text command in the game, e.g. 'open fridge', 'move west', 'take coin'.",
-                 {"type": "object", "properties": {"command": {"type": "string"}}, "required": ["command"]}),
+                 string_argument("command")),
         ToolSpec("actions", "List the commands that are valid now.",
                  {"type": "object", "properties": {}, "required": []}),
     ]
