@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +24,8 @@ import torch
 from tqdm import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from curricula.generate import feasible
+from curricula.pool import PoolTask
 from curricula.proposer import LLMProposer, ProposerSettings
 from rl.sft import save_model, sft_step
 from rollout.completion import chat_prompt_ids
@@ -107,11 +110,6 @@ async def eval_proposer(proposer: LLMProposer, env_name: str, difficulties: list
     """Ask the proposer for tasks from `num_parents` fresh generator tasks (standing in for failed
     ones): the share of answers that are tasks, feasible ones, and how their difficulty relates to
     the parent's."""
-    from collections import Counter
-
-    from curricula.generate import feasible
-    from curricula.pool import PoolTask
-
     env_cls = get_env(env_name)
     rng = random.Random(seed)
     parents = [PoolTask(env_cls.generate_task(rng.randrange(seed_limit), rng.choice(difficulties)), 0, 0)

@@ -310,7 +310,6 @@ class RolloutPool:
             slot.info = info
 
     async def _form_group(self) -> None:
-
         host = rendezvous_host(self.cfg)
         port = free_port(host)
         world = len(self._slots) + 1
