@@ -13,7 +13,9 @@ knobs (rooms, ingredients, items to put away, distractors, doors; see `PARAMS`),
 grows from a few steps to a few dozen. The expert solution is the game's own gold action sequence,
 cut at the win; for Coin, whose gold path is a random walk that differs between JVM processes, a
 breadth-first search over the rooms (deterministic, shortest in rooms). arithmetic, sorting and
-peckingorder have no knobs: every difficulty is the same game for them.
+peckingorder have no knobs: every difficulty is the same game for them. The game's seed is the
+task's seed scrambled (`game_seed`), since the game's own generator gives nearby seeds nearly the
+same game.
 
 All games of a process share one JVM (started on first use, about 0.6 s); each environment is its
 own game object in it, so creating one costs a few tens of milliseconds and a step about 1 ms.
@@ -175,6 +177,19 @@ def _coin_path(world: _Game, p: dict[str, Any]) -> list[str]:
     raise ValueError(f"twx coin game {p['seed']} ({p['game_params']}): no room with a coin is reachable")
 
 
+def game_seed(seed: int) -> int:
+    """The game's own seed for turnrl's task `seed`. TextWorldExpress seeds a java.util.Random with it,
+    whose first draws hardly change between nearby seeds: every one of 100 consecutive Coin seeds had
+    the same kitchen furniture, so the held-out block of seeds (10,100,000 on) was a different
+    distribution from the SFT block (20,000,000 on), and a policy fit to one failed on the other. A
+    64-bit mix (SplitMix64's finalizer) makes nearby seeds unrelated."""
+    mask = (1 << 64) - 1
+    z = (seed + 0x9E3779B97F4A7C15) & mask
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
+    return (z ^ (z >> 31)) & 0x7FFFFFFF  # a non-negative Java int
+
+
 def make_task(game: str, seed: int, difficulty: int, env: str = "twx") -> Task:
     """A task of one named TextWorldExpress `game` (a key of PARAMS), played by environment `env`."""
     if game not in PARAMS:
@@ -182,13 +197,13 @@ def make_task(game: str, seed: int, difficulty: int, env: str = "twx") -> Task:
     if difficulty not in TWXEnv.difficulties:
         raise ValueError(f"twx difficulty must be one of {TWXEnv.difficulties}, got {difficulty}")
     game_params = PARAMS[game][difficulty]
-    world = _Game(game, game_params, seed)
+    world = _Game(game, game_params, game_seed(seed))
     try:
         instruction = compact(world.description())
     finally:
         world.close()
     return Task(id=f"twx-{game}-d{difficulty}-s{seed}", env=env, instruction=instruction,
-                params={"game": game, "game_params": game_params, "seed": seed, "fold": FOLD,
+                params={"game": game, "game_params": game_params, "seed": game_seed(seed), "fold": FOLD,
                         "difficulty": difficulty}, difficulty=difficulty)
 
 
@@ -245,7 +260,10 @@ class TWXEnv:
         self.game.close()
 
     def _act(self, command: str) -> StepResult:
-        command = " ".join(command.lower().split())
+        command = " ".join(command.split())
+        # Matched to the valid commands case-blind: the game takes "take tv remote control" but only
+        # "put TV remote control in TV stand".
+        command = {a.lower(): a for a in self.game.state.get("validActions", [])}.get(command.lower(), command)
         if not command:
             return error_result("act needs a command, e.g. act(command: 'look around'); call actions() to list them")
         state = self.game.step(command)

@@ -13,7 +13,7 @@ from rollout.engines.base import SamplingConfig  # noqa: E402
 from rollout.env import Env, get_env, registered_envs  # noqa: E402
 from rollout.envs import twx  # noqa: E402
 from rollout.envs.extras import MissingExtraError  # noqa: E402
-from rollout.envs.twx import GAMES, PARAMS, TWXEnv, compact, format_actions, make_task  # noqa: E402
+from rollout.envs.twx import GAMES, PARAMS, TWXEnv, compact, format_actions, game_seed, make_task  # noqa: E402
 from rollout.types import FinishReason, ToolCall  # noqa: E402
 
 
@@ -101,9 +101,9 @@ def test_difficulty_lengthens_the_gold_path():
 
 
 def test_eating_a_raw_ingredient_fails_the_task_through_the_agent_loop(tiny_tokenizer):
-    task = make_task("cookingworld", seed=3, difficulty=1)
+    task = make_task("cookingworld", seed=2, difficulty=1)
     gold = TWXEnv.expert_solution(task)
-    calls = gold[: gold.index(act("take yellow bell pepper")) + 1] + [act("eat yellow bell pepper")]
+    calls = gold[: gold.index(act("take banana")) + 1] + [act("eat banana")]
     traj = play(tiny_tokenizer, task, calls)
     assert traj.finish_reason == FinishReason.DONE and not traj.success
 
@@ -184,6 +184,22 @@ def test_tasks_are_deterministic_in_the_seed():
     assert env_a.reset() == env_b.reset()
     env_a.close()
     env_b.close()
+
+
+def test_blocks_of_seeds_draw_the_same_mix_of_games():
+    # java.util.Random's first draws barely move between nearby seeds: without game_seed every
+    # 2-room Coin game of a block of consecutive seeds had the same furniture, one kind for the
+    # held-out block and the other for the SFT block.
+    def tables(first_seed: int) -> int:
+        count = 0
+        for seed in range(first_seed, first_seed + 30):
+            env = TWXEnv(make_task("coin", seed, 1))
+            count += "dining table" in env.reset()
+            env.close()
+        return count
+
+    assert 5 <= tables(10_100_000) <= 25 and 5 <= tables(20_000_000) <= 25
+    assert len({game_seed(s) for s in range(1000)}) == 1000 and all(0 <= game_seed(s) < 2**31 for s in range(1000))
 
 
 def test_unknown_game_or_difficulty_is_rejected():
