@@ -24,10 +24,18 @@ def _print_result(result) -> None:
     text = result if isinstance(result, str) else json.dumps(result, indent=2)
     print(text, file=_results, flush=True)
 
+def _config_groups() -> str:
+    """`env=a|b`, `rollout=c|d`, ...: the option files of each config group, as they are on disk."""
+    groups = sorted(d for d in CONFIG_DIR.iterdir() if d.is_dir() and any(d.glob("*.yaml")))
+    options = {d.name: "|".join(sorted(p.stem for p in d.glob("*.yaml"))) for d in groups}
+    return "\n  ".join(f"+{name}={o}" if name == "experiment" else f"{name}={o}" for name, o in options.items())
+
+
 EPILOG = f"""\
 Every command takes Hydra overrides of the config (typed; an unknown key or a bad value stops
 with the key's name). Config groups live in {CONFIG_DIR}:
-  env=kbsearch|craft   rollout=vllm|hf   algo=grpo|dr_grpo|rloo|reinforce_pp|ppo   +experiment=smoke
+  {_config_groups()}
+Any registered environment runs by name (env.name=twx_coin, textworld, skyrl_gsm8k, bfcl, ...).
 Examples:
   turnrl model init                      # tiny Qwen2 model + tokenizer, made locally
   turnrl sft                             # expert-demonstration warm start

@@ -63,6 +63,13 @@ def test_cli_stops_at_start_up_on_a_bad_key(capsys):
         main(["train", "algo.nope=3"])
 
 
+def test_help_lists_every_config_group_option(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert "env=craft|kbsearch|twx" in out and "rollout=hf|vllm" in out and "+experiment=" in out
+
+
 def test_cli_prints_the_resolved_config(capsys):
     main(["train", "--print-config", "algo.lr=0.123"])
     assert "lr: 0.123" in capsys.readouterr().out
