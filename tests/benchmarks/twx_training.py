@@ -1,10 +1,10 @@
 """A short GRPO run on a TextWorldExpress game against its SFT start, on the same held-out tasks.
 
-    python tests/benchmarks/twx_training.py [--steps 30] [--eval-tasks 50] [OVERRIDE ...]
+    python tests/benchmarks/twx_training.py [--steps 30] [--eval-tasks 100] [OVERRIDE ...]
 
 The game and the knobs are configs/env/twx.yaml: Coin (`twx_coin`, find the coin and take it) in 2
-or 4 rooms, SFT on 300 expert demonstrations, GRPO at lr 5e-4. The recipe is the three commands of
-`make train` with `env=twx`, in a scratch model cache (`--cache`, as TURNRL_CACHE):
+or 4 rooms, SFT on 300 expert demonstrations of 2-room games, GRPO at lr 2e-4. The recipe is the
+three commands of `make train` with `env=twx`, in a scratch model cache (`--cache`, as TURNRL_CACHE):
 
     turnrl model init env=twx     # the tokenizer also learns the game's text
     turnrl sft env=twx
@@ -12,7 +12,8 @@ or 4 rooms, SFT on 300 expert demonstrations, GRPO at lr 5e-4. The recipe is the
 
 `turnrl train` evaluates the SFT policy and the trained one on the same fixed held-out tasks (greedy,
 `--eval-tasks` per difficulty). Writes tests/benchmarks/results/twx_training.json: success before and
-after (by difficulty), its standard error, episodes trained, and the wall-clock of every stage.
+after (by difficulty), its standard error, the paired task-by-task comparison (tasks only one side
+solved, McNemar's exact test), episodes trained, and the wall-clock of every stage.
 """
 
 from __future__ import annotations
@@ -45,10 +46,23 @@ def stderr(p: float, n: int) -> float:
     return math.sqrt(p * (1 - p) / max(n, 1))
 
 
+def paired(out_dir: Path, steps: int) -> dict:
+    """Task by task, the SFT policy's held-out outcome against the trained one's (the same tasks,
+    greedy): how many each side alone solved, and McNemar's exact two-sided p-value for them."""
+    rows = [json.loads(line) for line in (out_dir / "trajectories.jsonl").read_text().splitlines()]
+    before = {r["task"]["id"]: r["success"] for r in rows if r["source"] == "eval" and r["step"] == 0}
+    after = {r["task"]["id"]: r["success"] for r in rows if r["source"] == "eval" and r["step"] == steps}
+    gained = sum(after[t] and not before[t] for t in before)
+    lost = sum(before[t] and not after[t] for t in before)
+    n, k = gained + lost, min(gained, lost)
+    p = min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2**n) if n else 1.0
+    return {"tasks": len(before), "solved_only_after_rl": gained, "solved_only_by_sft": lost, "mcnemar_p": p}
+
+
 def main() -> None:
     parser = ArgumentParser(description=__doc__, formatter_class=RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--eval-tasks", type=int, default=50, help="held-out tasks per difficulty")
+    parser.add_argument("--eval-tasks", type=int, default=100, help="held-out tasks per difficulty")
     parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "bench-twx")
     parser.add_argument("--cache", type=Path, default=ROOT / "runs" / "bench-twx" / "cache")
     parser.add_argument("--out", type=Path, default=RESULTS)
@@ -79,6 +93,7 @@ def main() -> None:
         "stderr_points": {"sft": 100 * stderr(sft, n), "final": 100 * stderr(final, n)},
         "by_difficulty_sft": summary["eval/success_sft_by_difficulty"],
         "by_difficulty_final": summary["eval/success_final_by_difficulty"],
+        "paired": paired(out_dir, args.steps),
         "train_success_per_step": [r["rollout/success_rate"] for r in rows if "rollout/success_rate" in r],
         "wall_s": {**wall, "rl_loop_s": summary["perf/wall_s"], "total_s": sum(wall.values())},
         "settings": {"sft": cfg["sft"], "algo": {k: cfg["algo"][k] for k in ("name", "lr", "group_size",
@@ -92,7 +107,9 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"held-out success {sft:.3f} (SFT) -> {final:.3f} after {episodes} episodes "
-          f"({report['gain_points']:+.1f} points, +-{report['stderr_points']['final']:.1f}); "
+          f"({report['gain_points']:+.1f} points, +-{report['stderr_points']['final']:.1f}; tasks solved only "
+          f"after RL {report['paired']['solved_only_after_rl']}, only by SFT {report['paired']['solved_only_by_sft']}, "
+          f"McNemar p={report['paired']['mcnemar_p']:.2g}); "
           f"{report['wall_s']['total_s']:.0f} s in all -> {args.out}")
 
 
