@@ -36,7 +36,9 @@ def orm_text(record: dict, input_format: str) -> str:
     if input_format != "webrl":
         raise ValueError(f"ORM input format {input_format!r} must be one of {ORM_INPUTS}")
     actions = "\n".join(f"{i + 1}. {t['action'].strip()}" for i, t in enumerate(record["turns"]))
-    final = record["turns"][-1]["observation"].strip() if record["turns"] else ""
+    # The last thing the environment showed the agent: the turn that ends an episode adds no
+    # observation to the context (its record has ""), so that is the one before it.
+    final = next((t["observation"].strip() for t in reversed(record["turns"]) if t["observation"].strip()), "")
     return f"Task: {record['task']['instruction']}\nActions:\n{actions}\nFinal observation: {final}\nSuccess?"
 
 

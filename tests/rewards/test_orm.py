@@ -21,6 +21,12 @@ def test_webrl_input_is_instruction_actions_and_the_final_observation_only():
         orm_text(RECORD, "xml")
 
 
+def test_webrl_final_observation_is_the_last_one_the_agent_saw():
+    # The turn that ends an episode adds no observation to the context; its record holds "".
+    ended = {**RECORD, "turns": [RECORD["turns"][0], {"action": "answer(Lyon)", "observation": ""}]}
+    assert orm_text(ended, "webrl").endswith("Final observation: Ada: born in Lyon\nSuccess?")
+
+
 def test_classification_metrics_against_hand_computed_values():
     probs = [0.9, 0.8, 0.3, 0.6, 0.1]
     labels = [True, False, True, False, False]
