@@ -1,13 +1,20 @@
 """Self-evolving curriculum against a static pool: both start from a pool of easy tasks only and
 are evaluated on a fixed held-out set of harder tasks.
 
-    python tests/benchmarks/curriculum_ablation.py [--steps 30] [OVERRIDE ...]
+    python tests/benchmarks/curriculum_ablation.py [--steps 30] [--eval-difficulties 2,3,4] [OVERRIDE ...]
 
 Both runs train the SFT policy for the same steps with `curriculum.enabled=true` and a starting
 pool of difficulty-1 tasks; the static run never adds tasks (`curriculum.generate_every=0`), the
 self-evolving one adds variants of failed and mastered tasks every `--generate-every` steps. The
-held-out set is difficulties 2-4 (`env.eval_difficulties`). Writes
-tests/benchmarks/results/curriculum_ablation.json.
+held-out set is the harder difficulties (`--eval-difficulties`, `--eval-tasks` each), the same
+tasks for both runs, so they are also compared task by task (McNemar's exact test). The
+environment is the config's (kbsearch) or an override: for TextWorldExpress Coin, with the twx SFT
+policy of tests/benchmarks/twx_training.py,
+
+    TURNRL_CACHE=runs/bench-twx/cache python tests/benchmarks/curriculum_ablation.py \
+        --eval-difficulties 2 --out tests/benchmarks/results/curriculum_ablation_twx.json env=twx
+
+Writes tests/benchmarks/results/curriculum_ablation.json (or `--out`).
 """
 
 from __future__ import annotations
@@ -20,6 +27,9 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from rl.evaluate import compare_paired, held_out_outcomes
+from rollout.store import read_trajectories
 
 RESULTS = Path(__file__).resolve().parent / "results" / "curriculum_ablation.json"
 
@@ -44,25 +54,33 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--generate-every", type=int, default=3)
+    parser.add_argument("--eval-difficulties", default="2,3,4", help="held-out difficulties, comma-separated")
+    parser.add_argument("--eval-tasks", type=int, default=30, help="held-out tasks per difficulty")
     parser.add_argument("--runs", type=Path, default=Path("runs") / "bench-curriculum")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     common = [f"train.steps={args.steps}", "logger.wandb_mode=disabled", "curriculum.enabled=true",
-              "env.train_difficulties=[1]", "env.eval_difficulties=[2,3,4]", "curriculum.initial_tasks=64",
+              "env.train_difficulties=[1]", f"env.eval_difficulties=[{args.eval_difficulties}]",
+              f"env.eval_tasks_per_difficulty={args.eval_tasks}", "curriculum.initial_tasks=64",
               *args.overrides]
     static = run("static pool", args.runs / "static", [*common, "curriculum.generate_every=0"])
     evolving = run("self-evolving", args.runs / "evolving",
                    [*common, f"curriculum.generate_every={args.generate_every}"])
     report = {"benchmark": "curriculum_ablation", "steps": args.steps, "static": static, "self_evolving": evolving,
               "heldout_gain_points": 100 * (evolving["success_final"] - static["success_final"]),
+              "paired": {"a": "static", "b": "self_evolving", **compare_paired(
+                  *(held_out_outcomes(list(read_trajectories([args.runs / name / "trajectories.jsonl"])), args.steps)
+                    for name in ("static", "evolving")))},
               "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
               "command": "python tests/benchmarks/curriculum_ablation.py " + " ".join(sys.argv[1:])}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
+    paired = report["paired"]
     print(f"self-evolving - static on the harder held-out tasks: {report['heldout_gain_points']:+.1f} points "
-          f"-> {args.out}")
+          f"(tasks solved only by self-evolving {paired['solved_only_by_b']}, only by static "
+          f"{paired['solved_only_by_a']}, McNemar p={paired['mcnemar_p']:.2g}) -> {args.out}")
 
 
 if __name__ == "__main__":

@@ -28,6 +28,9 @@ import time
 from argparse import ArgumentParser, RawDescriptionHelpFormatter
 from pathlib import Path
 
+from rl.evaluate import compare_paired, held_out_outcomes
+from rollout.store import read_trajectories
+
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "tests" / "benchmarks" / "results" / "twx_training.json"
 
@@ -44,19 +47,6 @@ def turnrl(args: list[str], log: Path) -> float:
 
 def stderr(p: float, n: int) -> float:
     return math.sqrt(p * (1 - p) / max(n, 1))
-
-
-def paired(out_dir: Path, steps: int) -> dict:
-    """Task by task, the SFT policy's held-out outcome against the trained one's (the same tasks,
-    greedy): how many each side alone solved, and McNemar's exact two-sided p-value for them."""
-    rows = [json.loads(line) for line in (out_dir / "trajectories.jsonl").read_text().splitlines()]
-    before = {r["task"]["id"]: r["success"] for r in rows if r["source"] == "eval" and r["step"] == 0}
-    after = {r["task"]["id"]: r["success"] for r in rows if r["source"] == "eval" and r["step"] == steps}
-    gained = sum(after[t] and not before[t] for t in before)
-    lost = sum(before[t] and not after[t] for t in before)
-    n, k = gained + lost, min(gained, lost)
-    p = min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2**n) if n else 1.0
-    return {"tasks": len(before), "solved_only_after_rl": gained, "solved_only_by_sft": lost, "mcnemar_p": p}
 
 
 def main() -> None:
@@ -83,6 +73,7 @@ def main() -> None:
     wall["train_s"] = turnrl(["train", *train_args], args.runs / "train.log")
     summary = json.loads((out_dir / "summary.json").read_text())
     rows = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
+    records = list(read_trajectories([str(out_dir / "trajectories.jsonl")]))
     n = summary["eval/num_tasks"]
     sft, final = summary["eval/success_sft"], summary["eval/success_final"]
     cfg = json.loads((out_dir / "checkpoints" / f"step_{args.steps}" / "config.json").read_text())
@@ -93,7 +84,8 @@ def main() -> None:
         "stderr_points": {"sft": 100 * stderr(sft, n), "final": 100 * stderr(final, n)},
         "by_difficulty_sft": summary["eval/success_sft_by_difficulty"],
         "by_difficulty_final": summary["eval/success_final_by_difficulty"],
-        "paired": paired(out_dir, args.steps),
+        "paired": {"a": "SFT", "b": "after RL", **compare_paired(held_out_outcomes(records, 0),
+                                                                 held_out_outcomes(records, args.steps))},
         "train_success_per_step": [r["rollout/success_rate"] for r in rows if "rollout/success_rate" in r],
         "wall_s": {**wall, "rl_loop_s": summary["perf/wall_s"], "total_s": sum(wall.values())},
         "settings": {"sft": cfg["sft"], "algo": {k: cfg["algo"][k] for k in ("name", "lr", "group_size",
@@ -108,7 +100,7 @@ def main() -> None:
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"held-out success {sft:.3f} (SFT) -> {final:.3f} after {episodes} episodes "
           f"({report['gain_points']:+.1f} points, +-{report['stderr_points']['final']:.1f}; tasks solved only "
-          f"after RL {report['paired']['solved_only_after_rl']}, only by SFT {report['paired']['solved_only_by_sft']}, "
+          f"after RL {report['paired']['solved_only_by_b']}, only by SFT {report['paired']['solved_only_by_a']}, "
           f"McNemar p={report['paired']['mcnemar_p']:.2g}); "
           f"{report['wall_s']['total_s']:.0f} s in all -> {args.out}")
 
