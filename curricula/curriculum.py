@@ -75,9 +75,10 @@ def pilot_rollouts(rollout, sampling: SamplingConfig, max_turns: Callable[[], in
 
 
 class Curriculum:
-    def __init__(self, pool: TaskPool, settings: CurriculumSettings, seed: int,
+    def __init__(self, pool: TaskPool, settings: CurriculumSettings, seed: int, seed_limit: int,
                  proposer: LLMProposer | None = None, pilot: PilotRollouts | None = None) -> None:
         self.pool = pool
+        self.seed_limit = seed_limit  # new tasks' seeds stay below the held-out ones
         self.proposer = proposer
         self.pilot = pilot
         self.s = settings
@@ -99,13 +100,13 @@ class Curriculum:
             stale.unlink(missing_ok=True)  # the live pool of an earlier attempt is not to be trusted
         if resume_from is not None and (Path(resume_from) / POOL_FILE).exists():
             shutil.copyfile(Path(resume_from) / POOL_FILE, path)
-            return cls(TaskPool(path, settings.ema), settings, seed, proposer, pilot)
+            return cls(TaskPool(path, settings.ema), settings, seed, seed_limit, proposer, pilot)
         pool = TaskPool(path, settings.ema)
         env_cls = get_env(env_name)
         rng = random.Random(seed)
         pool.add([PoolTask(env_cls.generate_task(rng.randrange(seed_limit), rng.choice(difficulties)), 0, 0)
                   for _ in range(settings.initial_tasks)])
-        return cls(pool, settings, seed, proposer, pilot)
+        return cls(pool, settings, seed, seed_limit, proposer, pilot)
 
     def max_turns(self, step: int) -> int | None:
         return turn_cap(step, self.s.turn_caps, self.s.turn_cap_every, self.s.turn_cap_mode)
@@ -143,9 +144,10 @@ class Curriculum:
         n = self.s.parents_per_generation
         candidates, counts = [], Counter()
         if "procedural" in self.s.generators:
-            candidates += [v for parent in failed[:n] for v in procedural_variants(parent, self.rng, step)]
+            candidates += [v for parent in failed[:n]
+                           for v in procedural_variants(parent, self.rng, step, self.seed_limit)]
             candidates += [v for parent in mastered[:n]
-                           for v in procedural_variants(parent, self.rng, step, mastered=True)]
+                           for v in procedural_variants(parent, self.rng, step, self.seed_limit, mastered=True)]
         if "llm" in self.s.generators and self.proposer is not None and failed:
             proposed, skipped = await self.proposer.propose(failed[:n], step)
             candidates += proposed

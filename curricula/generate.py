@@ -25,16 +25,18 @@ from rollout.types import Task
 log = logging.getLogger(__name__)
 
 
-def procedural_variants(parent: PoolTask, rng: random.Random, step: int, mastered: bool = False) -> list[PoolTask]:
+def procedural_variants(parent: PoolTask, rng: random.Random, step: int, seed_limit: int,
+                        mastered: bool = False) -> list[PoolTask]:
     """From the env's generator: for a failed parent an easier variant (one level down, where there
-    is one) and a same-level one; for a `mastered` parent a variant one level up (where there is one)."""
+    is one) and a same-level one; for a `mastered` parent a variant one level up (where there is one).
+    Seeds are drawn below `seed_limit`, where held-out tasks never are."""
     env_cls = get_env(parent.task.env)
     levels = sorted(env_cls.difficulties)
     here = parent.task.difficulty
     targets = [d for d in ((here + 1,) if mastered else (here - 1, here)) if d in levels]
     out = []
     for difficulty in targets:
-        task = env_cls.generate_task(rng.randrange(10**9), difficulty)
+        task = env_cls.generate_task(rng.randrange(seed_limit), difficulty)
         task = replace(task, id=f"{task.id}-from-{parent.task.id}", parent_id=parent.task.id, origin="procedural")
         out.append(PoolTask(task, generation_step=step, depth=parent.depth + 1))
     return out

@@ -13,13 +13,15 @@ from rollout.types import Task
 
 def test_variants_are_easier_or_same_level_children_of_the_failed_task():
     parent = PoolTask(get_env("kbsearch").generate_task(7, 3), generation_step=0, depth=2)
-    variants = procedural_variants(parent, random.Random(0), step=12)
+    variants = procedural_variants(parent, random.Random(0), step=12, seed_limit=10**6)
     assert sorted(v.task.difficulty for v in variants) == [2, 3]
     for v in variants:
         assert v.task.parent_id == parent.task.id and v.task.origin == "procedural"
         assert v.depth == 3 and v.generation_step == 12 and v.task.id.endswith(parent.task.id)
+    below = procedural_variants(parent, random.Random(0), step=12, seed_limit=3)
+    assert all(v.task.params["seed"] < 3 for v in below)  # never a held-out seed
     easiest = PoolTask(get_env("kbsearch").generate_task(7, 1), 0, 0)
-    assert [v.task.difficulty for v in procedural_variants(easiest, random.Random(0), 1)] == [1]
+    assert [v.task.difficulty for v in procedural_variants(easiest, random.Random(0), 1, 10**6)] == [1]
 
 
 def test_filters_reject_duplicates_infeasible_tasks_and_tasks_outside_the_band():
@@ -39,10 +41,10 @@ def test_filters_reject_duplicates_infeasible_tasks_and_tasks_outside_the_band()
 def test_a_mastered_task_gets_a_harder_variant_and_the_hardest_level_none():
     env = get_env("kbsearch")
     parent = PoolTask(env.generate_task(3, 2), 0, 0)
-    (harder,) = procedural_variants(parent, random.Random(0), step=4, mastered=True)
+    (harder,) = procedural_variants(parent, random.Random(0), step=4, seed_limit=10**6, mastered=True)
     assert harder.task.difficulty == 3 and harder.task.parent_id == parent.task.id
     top = PoolTask(env.generate_task(3, max(env.difficulties)), 0, 0)
-    assert procedural_variants(top, random.Random(0), step=4, mastered=True) == []
+    assert procedural_variants(top, random.Random(0), step=4, seed_limit=10**6, mastered=True) == []
 
 
 def test_pilot_rollouts_keep_only_new_tasks_the_policy_solves_sometimes(tmp_path):
@@ -56,7 +58,7 @@ def test_pilot_rollouts_keep_only_new_tasks_the_policy_solves_sometimes(tmp_path
         asked.append((len(tasks), episodes))
         return [(0.0, 0.5, 1.0)[i % 3] for i in range(len(tasks))]
 
-    curriculum = Curriculum(pool, settings, seed=0, pilot=pilot)
+    curriculum = Curriculum(pool, settings, seed=0, seed_limit=10**6, pilot=pilot)
     metrics = asyncio.run(curriculum.after_step([(t.task.id, False) for t in pool.all()], step=1))
     candidates = asked[0][0]
     assert asked == [(candidates, 4)] and metrics["curriculum/pilot_episodes"] == 4 * candidates

@@ -94,7 +94,7 @@ def test_curriculum_adds_proposed_tasks_through_the_filters_with_their_lineage(t
     seeds = [21, 22, 23, 24]
     pool.add([PoolTask(KB.generate_task(s, 2), 0, 0) for s in seeds])
     answers = [json.dumps({"question": f"What is the age of {person_of(s)}?"}) for s in seeds for _ in range(2)]
-    curriculum = Curriculum(pool, settings, seed=0, proposer=LLMProposer(ScriptedClient(answers),
+    curriculum = Curriculum(pool, settings, seed=0, seed_limit=10**6, proposer=LLMProposer(ScriptedClient(answers),
                                                                          ProposerSettings(samples=2)))
     outcomes = [(t.task.id, False) for t in pool.all()]
     metrics = asyncio.run(curriculum.after_step(outcomes, step=1))
