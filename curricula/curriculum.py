@@ -153,7 +153,7 @@ class Curriculum:
             candidates += proposed
             counts.update({f"proposer_{reason}": k for reason, k in skipped.items()})
             counts["proposed"] = len(proposed)
-        accepted, rejected = await asyncio.to_thread(filter_new_tasks, candidates, self.pool.has_instruction)
+        accepted, rejected = await asyncio.to_thread(filter_new_tasks, candidates, self.pool.has_task)
         if self.s.pilot_rollouts and self.pilot is not None and accepted:
             success = await self.pilot([c.task for c in accepted], self.s.pilot_rollouts)
             counts["pilot_episodes"] = self.s.pilot_rollouts * len(accepted)

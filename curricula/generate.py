@@ -4,7 +4,8 @@ Procedural generation asks the environment's own generator for variants: of a fa
 level easier (a stepping stone) and one at the same level with a fresh seed; of a mastered task,
 one a level harder (the next rung). Each records its parent. Filters, in order, each rejection
 counted by its reason:
-- duplicate: the pool already has a task with the same instruction;
+- duplicate: the pool (or an earlier candidate) already has the task: the same environment and
+  parameters;
 - infeasible: the environment cannot rebuild the task, or its expert solver does not solve it;
 - difficulty: an estimate of the current policy's success lies outside a band (WebRL keeps tasks
   whose critic value lies in [0.05, 0.75]); the curriculum estimates it with a few pilot rollouts.
@@ -18,7 +19,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import replace
 
-from curricula.pool import PoolTask
+from curricula.pool import PoolTask, task_key
 from rollout.env import get_env
 from rollout.types import Task
 
@@ -59,19 +60,19 @@ def feasible(task: Task) -> bool:
         return False
 
 
-def filter_new_tasks(candidates: list[PoolTask], has_instruction: Callable[[str], bool]
+def filter_new_tasks(candidates: list[PoolTask], in_pool: Callable[[Task], bool]
                      ) -> tuple[list[PoolTask], Counter]:
     """(the candidates that are new and feasible, rejections by reason)."""
     accepted, rejected, seen = [], Counter(), set()
     for candidate in candidates:
-        instruction = candidate.task.instruction
-        if instruction in seen or has_instruction(instruction):
+        key = task_key(candidate.task)
+        if key in seen or in_pool(candidate.task):
             rejected["duplicate"] += 1
         elif not feasible(candidate.task):
             rejected["infeasible"] += 1
         else:
             accepted.append(candidate)
-            seen.add(instruction)
+            seen.add(key)
     return accepted, rejected
 
 

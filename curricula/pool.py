@@ -37,6 +37,11 @@ CREATE INDEX IF NOT EXISTS tasks_parent ON tasks(parent_id);
 """
 
 
+def task_key(task: Task) -> tuple[str, str]:
+    """What makes two tasks the same: the environment and the parameters (as sorted JSON)."""
+    return task.env, json.dumps(task.params, sort_keys=True)
+
+
 @dataclass
 class PoolTask:
     """A task (its lineage in `task.parent_id` and `task.origin`) with its place and statistics."""
@@ -70,7 +75,7 @@ class TaskPool:
             db.executemany(
                 "INSERT OR IGNORE INTO tasks (id, env, difficulty, instruction, params, parent_id, origin, "
                 "generation_step, depth) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [(t.task.id, t.task.env, t.task.difficulty, t.task.instruction, json.dumps(t.task.params),
+                [(t.task.id, t.task.env, t.task.difficulty, t.task.instruction, task_key(t.task)[1],
                   t.task.parent_id, t.task.origin, t.generation_step, t.depth) for t in tasks])
             return db.total_changes - before
 
@@ -94,8 +99,12 @@ class TaskPool:
         row = self._db.execute(f"SELECT {_COLUMNS} FROM tasks WHERE id = ?", (task_id,)).fetchone()
         return None if row is None else self._from_row(row)
 
-    def has_instruction(self, instruction: str) -> bool:
-        found = self._db.execute("SELECT 1 FROM tasks WHERE instruction = ? LIMIT 1", (instruction,)).fetchone()
+    def has_task(self, task: Task) -> bool:
+        """Whether the pool holds a task of the same environment with the same parameters. Not the
+        same instruction: every TextWorldExpress Coin game has one instruction, and kbsearch asks
+        one question of many worlds."""
+        found = self._db.execute("SELECT 1 FROM tasks WHERE env = ? AND params = ? LIMIT 1",
+                                 task_key(task)).fetchone()
         return found is not None
 
     def lineage(self, task_id: str) -> list[PoolTask]:

@@ -28,9 +28,8 @@ def test_filters_reject_duplicates_infeasible_tasks_and_tasks_outside_the_band()
     env = get_env("kbsearch")
     good = [PoolTask(env.generate_task(s, 2), 3, 1) for s in (1, 2, 3)]
     broken = PoolTask(Task(id="broken", env="kbsearch", instruction="no world behind this", params={}), 3, 1)
-    duplicate = PoolTask(env.generate_task(1, 2), 3, 1)  # same instruction as good[0]
-    in_pool = good[2].task.instruction
-    accepted, rejected = filter_new_tasks([*good, broken, duplicate], lambda text: text == in_pool)
+    duplicate = PoolTask(env.generate_task(1, 2), 3, 1)  # the same task as good[0]
+    accepted, rejected = filter_new_tasks([*good, broken, duplicate], lambda task: task == good[2].task)
     assert [a.task.id for a in accepted] == [good[0].task.id, good[1].task.id]
     assert rejected == {"duplicate": 2, "infeasible": 1}
     kept, rejected = in_difficulty_band(good, [0.0, 0.5, 0.9], band=(0.05, 0.75))

@@ -6,6 +6,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from dataclasses import replace
 
 import pytest
 
@@ -25,7 +26,9 @@ def test_tasks_round_trip_and_duplicates_are_ignored(tmp_path):
     assert pool.add([pool_task(1), pool_task(2)]) == 1
     got = pool.get("t1")
     assert got.task == pool_task(1).task and got.attempts == 0 and got.recent_success is None
-    assert len(pool) == 3 and pool.has_instruction("question 2") and not pool.has_instruction("question 9")
+    assert len(pool) == 3 and pool.has_task(pool_task(2).task) and not pool.has_task(pool_task(9).task)
+    # The same instruction with other parameters is another task (every Coin game has one instruction).
+    assert not pool.has_task(replace(pool_task(2).task, params={**pool_task(2).task.params, "seed": 99}))
 
 
 def test_statistics_keep_counts_and_an_exponential_moving_average(tmp_path):
