@@ -1,7 +1,7 @@
 """The race: turnrl against TRL's GRPOTrainer, same model, same environment, same machine, same samples.
 
-    .venv/bin/python tests/benchmarks/vs_trl.py [--envs twx,kbsearch] [--steps 16] [--eval-every 4]
-        [--target-gain 0.10] [--eval-tasks 30]
+    .venv/bin/python tests/benchmarks/vs_trl.py [--envs twx,kbsearch] [--steps 32] [--eval-every 4]
+        [--target-gain 0.10] [--eval-tasks 50]
 
 Needs `pip install trl==1.16.0` (the `bench` extra). For each environment (`twx`: the TextWorldExpress
 Coin game of configs/env/twx.yaml; `kbsearch`), the script:
@@ -347,10 +347,10 @@ def race(env: str, args: argparse.Namespace) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--envs", default="twx,kbsearch")
-    parser.add_argument("--steps", type=int, default=16, help="optimizer steps of 64 episodes, per trainer")
+    parser.add_argument("--steps", type=int, default=32, help="optimizer steps of 64 episodes, per trainer")
     parser.add_argument("--eval-every", type=int, default=4, help="steps between checkpoints evaluated")
     parser.add_argument("--target-gain", type=float, default=0.10, help="target: SFT held-out success + this")
-    parser.add_argument("--eval-tasks", type=int, default=30, help="held-out tasks per difficulty")
+    parser.add_argument("--eval-tasks", type=int, default=50, help="held-out tasks per difficulty")
     parser.add_argument("--cache", type=Path, default=ROOT / "runs" / "bench-vs-trl" / "cache")
     parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "bench-vs-trl")
     parser.add_argument("--out", type=Path, default=RESULTS)
