@@ -340,6 +340,10 @@ def race(env: str, args: argparse.Namespace) -> dict:
         reached = [n for n, r in (("turnrl", a), ("trl", b)) if r["reached"]]
         out["winner"] = {"first_to_target": reached[0] if reached else None,
                          "note": "only one trainer reached the target" if reached else "neither reached the target"}
+        if reached:  # by how much, without a second time to compare: held-out success, in points
+            first, other = (a, b) if reached[0] == "turnrl" else (b, a)
+            out["winner"] |= {"best_success_ahead_points": 100 * (first["best_success"] - other["best_success"]),
+                              "final_success_ahead_points": 100 * (first["final_success"] - other["final_success"])}
     out["total_wall_s"] = {name: out[name]["wall_s"] for name in trainers}
     return out
 
