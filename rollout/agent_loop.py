@@ -98,7 +98,9 @@ async def run_episode(
     """Play one episode of `task` with the engine's current policy and return its trajectory."""
     env = get_env(task.env)(task)
     try:
-        buf = _EpisodeBuffer(chat.prompt_ids(env.reset()))
+        # The environment instance's tools: where a task narrows them (bfcl: its backends' functions
+        # out of ~130), the prompt shows only those.
+        buf = _EpisodeBuffer(chat.prompt_ids(env.reset(), env.tools))
         prompt_length = len(buf.token_ids)
         turns: list[Turn] = []
         finish = FinishReason.MAX_TURNS

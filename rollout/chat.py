@@ -69,19 +69,23 @@ class ChatFormat:
             raise ChatTemplateError("tokenizer has no eos_token: cannot tell where an assistant turn ends")
         self._observation_prefix, self._observation_suffix = self._observation_frame()
 
-    def _render_ids(self, messages: list[dict], add_generation_prompt: bool) -> list[int]:
+    def _render_ids(self, messages: list[dict], add_generation_prompt: bool,
+                    tools: list[dict] | None = None) -> list[int]:
+        tools = self.tools if tools is None else tools
         text = self.tokenizer.apply_chat_template(
-            messages, tools=self.tools or None, tokenize=False, add_generation_prompt=add_generation_prompt
+            messages, tools=tools or None, tokenize=False, add_generation_prompt=add_generation_prompt
         )
         return self.tokenizer.encode(text, add_special_tokens=False)
 
     def _system(self) -> list[dict]:
         return [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
 
-    def prompt_ids(self, user_message: str) -> list[int]:
-        """Token ids of the conversation start, ending with the assistant generation prompt."""
+    def prompt_ids(self, user_message: str, tools: list[ToolSpec] | None = None) -> list[int]:
+        """Token ids of the conversation start, ending with the assistant generation prompt; with
+        `tools`, those are the ones shown (an episode's own, where its environment narrows them)."""
         messages = self._system() + [{"role": "user", "content": user_message}]
-        return self._render_ids(messages, add_generation_prompt=True)
+        schemas = None if tools is None else [t.to_json_schema() for t in tools]
+        return self._render_ids(messages, add_generation_prompt=True, tools=schemas)
 
     def _observation_frame(self) -> tuple[list[int], list[int]]:
         """The template tokens around an observation, found by rendering a fixed base conversation.

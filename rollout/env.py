@@ -4,7 +4,8 @@ An environment is a class with this shape (no base class to inherit):
 
     @register_env("myenv")
     class MyEnv:
-        tools: list[ToolSpec]                       # what the agent may call
+        tools: list[ToolSpec]                       # what the agent may call; an instance may
+                                                    # narrow it to its task's (the prompt shows those)
 
         def __init__(self, task: Task) -> None       # rebuild the task's world from task.params
         def reset(self) -> str                       # the first user message the agent sees

@@ -17,11 +17,11 @@ supplies what was missing; and BFCL checks the world after every turn, not only 
 Tools: an environment's `tools` are the entry's functions (the package's function docs, BFCL's
 type names mapped to JSON schema) plus `respond`; in miss_func entries the held-out functions
 join the tools at the turn that adds them, with BFCL's "I have updated some more functions"
-message. The class attribute `BFCLEnv.tools` (what the trainer renders into the system prompt
-once per environment name) is every function of the eight backends plus `respond`, about 130
-tools: the first message names the functions this task may call, and any other is an unknown-tool
-error observation. A call runs the method on the agent's backend instances; its result is the
-string BFCL's executor makes of it (dicts as JSON), cut at MAX_OBSERVATION_CHARS. Unknown tools,
+message. The class attribute `BFCLEnv.tools` is every function of the eight backends plus
+`respond`, about 130 tools; an episode's prompt shows its instance's (the agent loop renders
+`env.tools`), and the first message names them too. Any other is an unknown-tool error
+observation. A call runs the method on the agent's backend instances; its result is the string
+BFCL's executor makes of it (dicts as JSON), cut at MAX_OBSERVATION_CHARS. Unknown tools,
 unexpected or missing arguments, and exceptions the backend raises are error observations;
 argument types are left to the backend, as BFCL's executor does (its ground truth passes a
 string where a doc says integer). An `{"error": ...}` the backend returns is its answer to a

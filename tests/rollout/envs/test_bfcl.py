@@ -26,9 +26,7 @@ ENTRIES = ("multi_turn_base_0", "multi_turn_base_15", "multi_turn_base_33", "mul
 
 
 def play(tokenizer, task, calls, max_turns=60):
-    # The entry's own tools in the prompt, as BFCL shows them (the tiny tokenizer makes the
-    # class-level union of ~130 tools tens of thousands of tokens).
-    chat = ChatFormat(tokenizer, BFCLEnv(task).tools)
+    chat = ChatFormat(tokenizer, BFCLEnv.tools)  # as the trainer makes it, for the environment name
     engine = ScriptedEngine(chat, [format_tool_call(c) for c in calls])
     limits = EpisodeLimits(max_turns=max_turns, max_tokens_per_turn=4096, max_total_tokens=200_000)
     return asyncio.run(run_episode(engine, chat, task, SamplingConfig(), limits))
@@ -60,6 +58,14 @@ def test_class_tools_are_every_backend_function_and_instance_tools_the_entrys():
     assert {"cd", "mv", "post_tweet", "respond"} <= own and not own & {"add", "book_flight", "startEngine"}
     assert "Functions you can call for this task: cat, cd, " in env.reset()
     assert env.reset().startswith(entries()["multi_turn_base_0"]["question"][0][0]["content"])
+
+
+def test_an_episodes_prompt_shows_its_tasks_tools_only(tiny_tokenizer):
+    # The class-level union of ~130 tools is tens of thousands of tokens with the tiny tokenizer.
+    traj = play(tiny_tokenizer, make_task("multi_turn_base_0"), [RESPOND], max_turns=1)
+    prompt = tiny_tokenizer.decode(traj.token_ids[:traj.prompt_length])
+    assert "post_tweet" in prompt and "book_flight" not in prompt and "startEngine" not in prompt
+    assert traj.prompt_length < len(ChatFormat(tiny_tokenizer, BFCLEnv.tools).prompt_ids("")) / 2
 
 
 def test_bfcl_types_become_json_schema():
