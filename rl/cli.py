@@ -24,6 +24,7 @@ def _print_result(result) -> None:
     text = result if isinstance(result, str) else json.dumps(result, indent=2)
     print(text, file=_results, flush=True)
 
+
 def _config_groups() -> str:
     """`env=a|b`, `rollout=c|d`, ...: the option files of each config group, as they are on disk."""
     groups = sorted(d for d in CONFIG_DIR.iterdir() if d.is_dir() and any(d.glob("*.yaml")))

@@ -196,14 +196,14 @@ def make_task(game: str, seed: int, difficulty: int, env: str = "twx") -> Task:
         raise ValueError(f"twx game must be one of {sorted(PARAMS)}, got {game!r}")
     if difficulty not in TWXEnv.difficulties:
         raise ValueError(f"twx difficulty must be one of {TWXEnv.difficulties}, got {difficulty}")
-    game_params = PARAMS[game][difficulty]
-    world = _Game(game, game_params, game_seed(seed))
+    game_params, scrambled = PARAMS[game][difficulty], game_seed(seed)
+    world = _Game(game, game_params, scrambled)
     try:
         instruction = compact(world.description())
     finally:
         world.close()
     return Task(id=f"twx-{game}-d{difficulty}-s{seed}", env=env, instruction=instruction,
-                params={"game": game, "game_params": game_params, "seed": game_seed(seed), "fold": FOLD,
+                params={"game": game, "game_params": game_params, "seed": scrambled, "fold": FOLD,
                         "difficulty": difficulty}, difficulty=difficulty)
 
 
