@@ -28,6 +28,11 @@ class ReplaySettings:
     min_confidence: float = 0.5
     max_confidence: float = 0.95
     capacity: int = 512  # successes kept, newest first
+    # Reflection splices (curricula/reflection.py, Agent-R): each step's failed episodes spliced onto
+    # a successful sibling at their first mistake (masked), the success's next turn opening with
+    # reflection_text; those the environment confirms join the buffer.
+    reflection_splices: bool = False
+    reflection_text: str = "Wait, that step was a mistake. Let me go back and do it right."
 
 
 @dataclass

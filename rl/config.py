@@ -367,6 +367,9 @@ def validate(cfg: TurnRLConfig) -> None:
     if r.ratio > 0 and cfg.algo.name == "ppo":
         raise ConfigError("replay.ratio > 0 needs a group-advantage estimator (grpo, dr_grpo, rloo, reinforce_pp): "
                           "a replayed episode keeps its advantage, which PPO's critic recomputes per token")
+    if r.reflection_splices and (r.ratio <= 0 or cfg.rollout.source == "proxy"):
+        raise ConfigError("replay.reflection_splices trains its splices as replayed episodes: it needs replay.ratio "
+                          "> 0, and environments turnrl can replay (not rollout.source=proxy)")
     if cfg.logger.wandb_mode not in _WANDB_MODES:
         raise ConfigError(f"logger.wandb_mode={cfg.logger.wandb_mode!r} must be one of {_WANDB_MODES}")
     from rl.advantages import ADVANTAGE_ESTIMATORS

@@ -27,6 +27,7 @@ from tqdm import tqdm
 from transformers import AutoTokenizer
 
 from curricula.curriculum import Curriculum, pilot_rollouts
+from curricula.reflection import reflection_splices
 from curricula.replay import ReplayBuffer
 from curricula.tasks import UniformTaskSampler, heldout_tasks
 from rewards.base import Reward
@@ -35,7 +36,7 @@ from rl.buffer import GroupBuffer, ScoredGroup
 from rl.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
 from rl.config import TurnRLConfig
 from rl.critic import Critic, CriticConfig
-from rl.engines import make_proposer, make_reward
+from rl.engines import episode_limits, make_proposer, make_reward
 from rl.evaluate import EvalResult, evaluate
 from rl.learner import Learner, LearnerConfig
 from rl.learner_ranks import announce, finish_learner_ranks, follow_rank0, start_learner_ranks, stop_learner_ranks
@@ -44,7 +45,9 @@ from rl.proxy_source import ProxySource
 from rl.report import write_report
 from rl.rollout_pool import start_ray, start_rollout
 from rl.update import policy_update
+from rollout.chat import ChatFormat
 from rollout.engines.base import SamplingConfig
+from rollout.env import get_env
 from rollout.store import TrajectoryStore, trajectory_record
 from rollout.types import Task, Trajectory
 
@@ -230,6 +233,7 @@ async def _train_rank0(cfg: TurnRLConfig) -> dict:
                          max_refills=cfg.algo.max_refill_factor * cfg.algo.tasks_per_step)
     buffer.version = start_step
     replay = ReplayBuffer(cfg.replay, cfg.train.seed) if cfg.replay.ratio > 0 else None
+    splice_chat = ChatFormat(tokenizer, get_env(cfg.env.name).tools) if cfg.replay.reflection_splices else None
     if replay is not None and "replay" in extra:
         replay.load_state_dict(extra["replay"])
     producer = None
@@ -269,7 +273,12 @@ async def _train_rank0(cfg: TurnRLConfig) -> dict:
             train_metrics = await asyncio.to_thread(policy_update, learner, critic, cfg, *update_args)
             t_train = time.perf_counter() - t1
             if replay is not None:  # after the update: a step's own successes are replayed from the next on
-                added = replay.add(trajs, compute_advantages(cfg.algo.name, rewards, group_ids).tolist(), step + 1)
+                advantages = compute_advantages(cfg.algo.name, rewards, group_ids).tolist()
+                added = replay.add(trajs, advantages, step + 1)
+                if cfg.replay.reflection_splices:  # and failures spliced onto them (curricula/reflection.py)
+                    spliced = await reflection_splices(trajs, group_ids, tasks, advantages, splice_chat,
+                                                       episode_limits(cfg), cfg.replay.reflection_text)
+                    train_metrics["replay/reflection_splices"] = float(replay.add(*spliced, step + 1))
                 train_metrics |= {"replay/added": float(added), "replay/size": float(len(replay))}
             t2 = time.perf_counter()
             state = await asyncio.to_thread(weights_for_rollout)

@@ -51,6 +51,7 @@ def test_algo_groups_select_estimator_and_loss_aggregation(group, name, loss_agg
         ("reward.judge=1", "judge.base_url"),
         ("judge.on_unparseable=guess", "judge.on_unparseable"),
         ("orm.input=xml", "orm.input"),
+        ("replay.reflection_splices=true", "replay.reflection_splices"),  # without replay.ratio > 0
     ],
 )
 def test_bad_keys_and_values_fail_naming_the_key(override, names):

@@ -67,6 +67,7 @@ def test_curriculum_run_grows_its_pool_caps_turns_and_resumes_with_the_pool(tiny
               "env.eval_tasks_per_difficulty=1", f"train.out_dir={tmp_path}/run", "curriculum.enabled=true",
               "curriculum.initial_tasks=6", "curriculum.generate_every=1", "curriculum.turn_caps=[1,2]",
               "curriculum.turn_cap_every=2", "rollout.max_turns=4", "replay.ratio=1.0",
+              "replay.reflection_splices=true",
               # Pilot rollouts through the workers; the band lets in even tasks the random policy never solves.
               "curriculum.pilot_rollouts=2", "curriculum.difficulty_band=[0.0,1.0]"]
     summary = train(load_config([*common, "train.steps=3"]))
@@ -75,6 +76,7 @@ def test_curriculum_run_grows_its_pool_caps_turns_and_resumes_with_the_pool(tiny
     assert [r["curriculum/turn_cap"] for r in steps] == [1.0, 1.0, 2.0]  # caps of steps 1..3 (0-based 1, 2)
     # Replay is on: the random policy succeeds nowhere, so the buffer stays empty, but it is kept.
     assert [r["replay/size"] for r in steps] == [0.0, 0.0, 0.0]
+    assert [r["replay/reflection_splices"] for r in steps] == [0.0, 0.0, 0.0]  # no success to splice onto
     sizes = [r["curriculum/pool_size"] for r in steps]
     assert sizes[0] >= 6 and sizes == sorted(sizes) and summary["curriculum"]["accepted"] > 0
     assert summary["curriculum"]["pilot_episodes"] == 2 * (summary["curriculum"]["generated"] -
