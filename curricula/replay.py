@@ -42,6 +42,9 @@ class ReplayItem:
     trajectory: Trajectory
     advantage: float
     step: int
+    # A reflection splice (curricula/reflection.py): its reflection is new behaviour by design, so
+    # only the filter's upper bound applies to it.
+    spliced: bool = False
 
 
 def actor_confidence(logprobs: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
@@ -50,9 +53,13 @@ def actor_confidence(logprobs: torch.Tensor, loss_mask: torch.Tensor) -> torch.T
     return torch.exp((logprobs * loss_mask).sum(dim=1) / tokens)
 
 
-def in_band(confidence: torch.Tensor, settings: ReplaySettings) -> torch.Tensor:
-    """[N] bool: which confidences lie within [min_confidence, max_confidence]."""
-    return (confidence >= settings.min_confidence) & (confidence <= settings.max_confidence)
+def in_band(confidence: torch.Tensor, settings: ReplaySettings, spliced: torch.Tensor | None = None) -> torch.Tensor:
+    """[N] bool: which confidences lie within [min_confidence, max_confidence]; `spliced` rows
+    ([N] bool) need only be at most max_confidence."""
+    low_ok = confidence >= settings.min_confidence
+    if spliced is not None:
+        low_ok = low_ok | spliced
+    return low_ok & (confidence <= settings.max_confidence)
 
 
 class ReplayBuffer:
@@ -64,9 +71,10 @@ class ReplayBuffer:
     def __len__(self) -> int:
         return len(self.items)
 
-    def add(self, trajectories: list[Trajectory], advantages: list[float], step: int) -> int:
+    def add(self, trajectories: list[Trajectory], advantages: list[float], step: int, spliced: bool = False) -> int:
         """Keep the successes that were pushed up (advantage > 0); returns how many went in."""
-        kept = [ReplayItem(t, a, step) for t, a in zip(trajectories, advantages, strict=True) if t.success and a > 0]
+        kept = [ReplayItem(t, a, step, spliced) for t, a in zip(trajectories, advantages, strict=True)
+                if t.success and a > 0]
         self.items.extend(kept)
         return len(kept)
 

@@ -278,7 +278,7 @@ async def _train_rank0(cfg: TurnRLConfig) -> dict:
                 if cfg.replay.reflection_splices:  # and failures spliced onto them (curricula/reflection.py)
                     spliced = await reflection_splices(trajs, group_ids, tasks, advantages, splice_chat,
                                                        episode_limits(cfg), cfg.replay.reflection_text)
-                    train_metrics["replay/reflection_splices"] = float(replay.add(*spliced, step + 1))
+                    train_metrics["replay/reflection_splices"] = float(replay.add(*spliced, step + 1, spliced=True))
                 train_metrics |= {"replay/added": float(added), "replay/size": float(len(replay))}
             t2 = time.perf_counter()
             state = await asyncio.to_thread(weights_for_rollout)

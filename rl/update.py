@@ -27,10 +27,12 @@ def score_replay(learner: Learner, items: list[ReplayItem], cfg: TurnRLConfig,
     batch = make_train_batch([i.trajectory for i in items], [i.advantage for i in items], pad_id)
     current = learner.proximal_logprobs(batch)  # a forward on every rank (ZeRO-3 gathers)
     confidence = actor_confidence(current, batch.loss_mask)
-    keep = in_band(confidence, cfg.replay)
+    spliced = torch.tensor([i.spliced for i in items], dtype=torch.bool)
+    keep = in_band(confidence, cfg.replay, spliced)
     metrics = {"replay/candidates": float(len(items)), "replay/kept": float(keep.sum()),
+               "replay/kept_splices": float((keep & spliced).sum()),
                "replay/confidence_mean": confidence.mean().item(),
-               "replay/rejected_low": float((confidence < cfg.replay.min_confidence).sum()),
+               "replay/rejected_low": float(((confidence < cfg.replay.min_confidence) & ~spliced).sum()),
                "replay/rejected_high": float((confidence > cfg.replay.max_confidence).sum())}
     kept = [i for i, k in zip(items, keep.tolist(), strict=True) if k]
     width = max((len(i.trajectory.token_ids) for i in kept), default=0)  # rejected rows may be longer

@@ -31,6 +31,9 @@ def test_in_band_keeps_confidences_between_the_bounds_inclusive():
     settings = ReplaySettings(ratio=1.0, min_confidence=0.5, max_confidence=0.95)
     confidence = torch.tensor([0.49, 0.5, 0.7, 0.95, 0.96])
     assert in_band(confidence, settings).tolist() == [False, True, True, True, False]
+    # A reflection splice's reflection is new behaviour: only the upper bound applies to it.
+    spliced = torch.tensor([True, False, False, False, True])
+    assert in_band(confidence, settings, spliced).tolist() == [True, True, True, True, False]
 
 
 def test_buffer_keeps_only_successes_that_were_pushed_up_newest_within_capacity():
