@@ -13,12 +13,12 @@ mistake that ends the episode (a wrong answer) leaves nothing to recover: no spl
 changes the world (a wrong move in a game) can leave the success's later turns wrong: the splice
 is kept only if the verifier passes. Kept splices go into the replay buffer with the success's
 advantage; like any replayed episode they train when the actor-confidence filter admits them,
-with log-probs under the current policy.
+with log-probs under the current policy. The trajectory store keeps them (source "splice").
 """
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 
 from rollout.agent_loop import EpisodeLimits, run_episode
 from rollout.chat import ChatFormat
@@ -66,16 +66,24 @@ async def splice(task: Task, failed: Trajectory, success: Trajectory, chat: Chat
     return trajectory
 
 
+@dataclass
+class Splices:
+    """One step's splices, each with its task and the advantage it trains with."""
+
+    trajectories: list[Trajectory] = field(default_factory=list)
+    tasks: list[Task] = field(default_factory=list)
+    advantages: list[float] = field(default_factory=list)
+
+
 async def reflection_splices(trajectories: list[Trajectory], group_ids: list[str], tasks: list[Task],
                              advantages: list[float], chat: ChatFormat, limits: EpisodeLimits,
-                             reflection: str) -> tuple[list[Trajectory], list[float]]:
-    """The splices of one step's episodes and their advantages: in each group, every failed episode
-    is paired with the group's successes (positive advantage) in turn, and takes its success's
-    advantage."""
+                             reflection: str) -> Splices:
+    """The splices of one step's episodes: in each group, every failed episode is paired with the
+    group's successes (positive advantage) in turn, and takes its success's advantage."""
     groups: dict[str, list[int]] = {}
     for i, group in enumerate(group_ids):
         groups.setdefault(group, []).append(i)
-    spliced, spliced_advantages = [], []
+    out = Splices()
     for members in groups.values():
         successes = [i for i in members if trajectories[i].success and advantages[i] > 0]
         failures = [i for i in members if not trajectories[i].success]
@@ -84,6 +92,7 @@ async def reflection_splices(trajectories: list[Trajectory], group_ids: list[str
             trajectory = await splice(tasks[failed], trajectories[failed], trajectories[success], chat, limits,
                                       reflection)
             if trajectory is not None:
-                spliced.append(trajectory)
-                spliced_advantages.append(advantages[success])
-    return spliced, spliced_advantages
+                out.trajectories.append(trajectory)
+                out.tasks.append(tasks[failed])
+                out.advantages.append(advantages[success])
+    return out

@@ -276,9 +276,11 @@ async def _train_rank0(cfg: TurnRLConfig) -> dict:
                 advantages = compute_advantages(cfg.algo.name, rewards, group_ids).tolist()
                 added = replay.add(trajs, advantages, step + 1)
                 if cfg.replay.reflection_splices:  # and failures spliced onto them (curricula/reflection.py)
-                    spliced = await reflection_splices(trajs, group_ids, tasks, advantages, splice_chat,
+                    splices = await reflection_splices(trajs, group_ids, tasks, advantages, splice_chat,
                                                        episode_limits(cfg), cfg.replay.reflection_text)
-                    train_metrics["replay/reflection_splices"] = float(replay.add(*spliced, step + 1, spliced=True))
+                    save_trajectories(splices.trajectories, splices.tasks, step + 1, "splice")
+                    train_metrics["replay/reflection_splices"] = float(
+                        replay.add(splices.trajectories, splices.advantages, step + 1, spliced=True))
                 train_metrics |= {"replay/added": float(added), "replay/size": float(len(replay))}
             t2 = time.perf_counter()
             state = await asyncio.to_thread(weights_for_rollout)

@@ -111,7 +111,8 @@ def test_a_steps_splices_pair_failures_with_their_groups_successes(chat):
     trajs = [play(chat, [press("a"), press("b")], "g0"), play(chat, recoverable, "g0"),
              play(chat, recoverable, "g0"), play(chat, recoverable, "g1"), play(chat, recoverable, "g1")]
     advantages = [1.5, -0.5, -0.5, 0.0, 0.0]
-    spliced, spliced_advantages = asyncio.run(reflection_splices(
+    splices = asyncio.run(reflection_splices(
         trajs, ["g0", "g0", "g0", "g1", "g1"], [TASK] * 5, advantages, chat, LIMITS, REFLECT))
     # g0's two failures each take its success's advantage; g1 has no success to splice onto.
-    assert len(spliced) == 2 and spliced_advantages == [1.5, 1.5] and all(t.success for t in spliced)
+    assert len(splices.trajectories) == 2 and splices.advantages == [1.5, 1.5] and splices.tasks == [TASK] * 2
+    assert all(t.success for t in splices.trajectories)
