@@ -59,9 +59,7 @@ async def splice(task: Task, failed: Trajectory, success: Trajectory, chat: Chat
                                    group_id=success.group_id)
     if not trajectory.success or len(trajectory.turns) != len(turns):
         return None
-    mistake = trajectory.turns[k]
-    trajectory.loss_mask[mistake.action_start:mistake.action_end] = [0] * (mistake.action_end - mistake.action_start)
-    mistake.masked = True
+    trajectory.mask_turn(k)
     trajectory.info["reflection_splice"] = {"failed_turns": len(bad), "mistake_turn": k}
     return trajectory
 

@@ -46,10 +46,8 @@ class GroupRewards:
             traj.reward = totals[i]
             for turn, value in zip(traj.turns, self.turn[i] if self.turn else [], strict=False):
                 turn.reward = value
-            for index in sorted(self.flagged[i]) if self.flagged else []:
-                turn = traj.turns[index]
-                turn.masked = True
-                traj.loss_mask[turn.action_start:turn.action_end] = [0] * (turn.action_end - turn.action_start)
+            for index in self.flagged[i] if self.flagged else ():
+                traj.mask_turn(index)
         return totals
 
 

@@ -112,3 +112,9 @@ class Trajectory:
     @property
     def num_generated_tokens(self) -> int:
         return sum(self.loss_mask)
+
+    def mask_turn(self, index: int) -> None:
+        """Partial masking after the episode: turn `index` stays in context with loss mask 0."""
+        turn = self.turns[index]
+        turn.masked = True
+        self.loss_mask[turn.action_start:turn.action_end] = [0] * (turn.action_end - turn.action_start)
