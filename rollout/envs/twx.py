@@ -125,7 +125,13 @@ class _Game:
         problem = self.java.load(game, game_params)
         if problem:
             raise ValueError(f"twx game {game!r} rejected params {game_params!r}: {problem}")
-        self.state = json.loads(self.java.generateNewGameJSON(seed, fold, True))
+        self.seed, self.fold = seed, fold
+        self.restart()
+
+    def restart(self) -> dict[str, Any]:
+        """The same game from its start again."""
+        self.state = json.loads(self.java.generateNewGameJSON(self.seed, self.fold, True))
+        return self.state
 
     def step(self, command: str) -> dict[str, Any]:
         self.state = json.loads(self.java.stepJSON(command))
@@ -146,14 +152,14 @@ def _room(state: dict[str, Any]) -> str:
     return state["look"].split(".")[0]  # "You are in the kitchen"
 
 
-def _coin_path(world: _Game, p: dict[str, Any]) -> list[str]:
+def _coin_path(world: _Game) -> list[str]:
     """The shortest way (in rooms) to the coin, by breadth-first search over rooms: `look around`,
     then for each room on the way `open door to <d>` where there is one and `move <d>`, then `take
     coin`. Each room is reached by replaying its path from a fresh start of the same game, so the
     result depends only on the map, not on the game's random gold path."""
 
     def replay(path: list[str]) -> dict[str, Any]:
-        world.state = json.loads(world.java.generateNewGameJSON(p["seed"], p.get("fold", FOLD), True))
+        world.restart()
         for command in path:
             world.step(command)
         return world.state
@@ -174,7 +180,7 @@ def _coin_path(world: _Game, p: dict[str, Any]) -> list[str]:
             if room not in seen:
                 seen.add(room)
                 frontier.append([*path, *step])
-    raise ValueError(f"twx coin game {p['seed']} ({p['game_params']}): no room with a coin is reachable")
+    raise ValueError(f"twx coin game {world.seed}: no room with a coin is reachable")
 
 
 def game_seed(seed: int) -> int:
@@ -235,7 +241,7 @@ class TWXEnv:
         world = _Game(p["game"], p["game_params"], p["seed"], p.get("fold", FOLD))
         try:
             # Coin's gold path is a random walk that differs between JVM processes: search instead.
-            commands = _coin_path(world, p) if p["game"] == "coin" else world.gold()
+            commands = _coin_path(world) if p["game"] == "coin" else world.gold()
             calls = []
             for command in commands:  # some gold paths (twc) walk on after the win: cut there
                 calls.append(ToolCall("act", {"command": command}))
