@@ -22,11 +22,11 @@ import json
 import math
 import os
 import platform
-import subprocess
 import sys
-import time
 from argparse import ArgumentParser, RawDescriptionHelpFormatter
 from pathlib import Path
+
+from logged_run import run_logged  # tests/benchmarks/, beside this script
 
 from rl.evaluate import compare_paired, held_out_outcomes
 from rollout.store import read_trajectories
@@ -37,12 +37,7 @@ RESULTS = ROOT / "tests" / "benchmarks" / "results" / "twx_training.json"
 
 def turnrl(args: list[str], log: Path) -> float:
     """Run one `turnrl` command (its output in `log`); the seconds it took."""
-    t0 = time.perf_counter()
-    with log.open("w") as out:
-        proc = subprocess.run([sys.executable, "-m", "rl.cli", *args], stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
-    if proc.returncode != 0:
-        raise SystemExit(f"turnrl {' '.join(args)} failed; see {log}:\n{log.read_text()[-3000:]}")
-    return time.perf_counter() - t0
+    return run_logged([sys.executable, "-m", "rl.cli", *args], log)
 
 
 def stderr(p: float, n: int) -> float:

@@ -69,11 +69,12 @@ import asyncio
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
+
+from logged_run import run_logged  # tests/benchmarks/, beside this script
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
@@ -89,16 +90,6 @@ ENVS = {
 RL = [f"algo.group_size={GROUP_SIZE}", f"algo.tasks_per_step={TASKS_PER_STEP}", "train.seed=0"]
 
 
-def sh(cmd: list[str], log: Path) -> float:
-    """Run `cmd` with its output in `log`; the seconds it took."""
-    t0 = time.perf_counter()
-    with log.open("w") as out:
-        proc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
-    if proc.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd[:4])} failed; see {log}:\n{log.read_text()[-3000:]}")
-    return time.perf_counter() - t0
-
-
 def prepare(env: str, cache: Path, runs: Path) -> dict:
     """The tiny model and its SFT start for `env` (made once, cached)."""
     env_cache = cache / env
@@ -106,10 +97,10 @@ def prepare(env: str, cache: Path, runs: Path) -> dict:
     sft = env_cache / "models" / "tiny-sft"
     times = {}
     if not (env_cache / "models" / "tiny-base" / "config.json").exists():
-        times["model_init_s"] = sh([sys.executable, "-m", "rl.cli", "model", "init", *ENVS[env]["overrides"]],
+        times["model_init_s"] = run_logged([sys.executable, "-m", "rl.cli", "model", "init", *ENVS[env]["overrides"]],
                                    runs / f"{env}-model-init.log")
     if not (sft / "config.json").exists():
-        times["sft_s"] = sh([sys.executable, "-m", "rl.cli", "sft", *ENVS[env]["overrides"], *ENVS[env]["sft"]],
+        times["sft_s"] = run_logged([sys.executable, "-m", "rl.cli", "sft", *ENVS[env]["overrides"], *ENVS[env]["sft"]],
                             runs / f"{env}-sft.log")
     return {"sft_model": str(sft), "sft_overrides": ENVS[env]["sft"], **times}
 
@@ -121,7 +112,7 @@ def run_turnrl(env: str, sft: str, out: Path, steps: int, every: int, runs: Path
            "env.eval_tasks_per_difficulty=1",  # its own before/after evaluation: minimal, ours is offline
            "logger.wandb_mode=disabled", "logger.save_trajectories=false", "logger.log_samples_every=0"]
     launch = time.time()
-    wall = sh(cmd, runs / f"{env}-turnrl.log")
+    wall = run_logged(cmd, runs / f"{env}-turnrl.log")
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     step_s = {r["step"]: r["perf/step_s"] for r in rows if "perf/step_s" in r}
     ckpts = []
@@ -139,7 +130,7 @@ def run_trl(env: str, sft: str, out: Path, steps: int, every: int, runs: Path) -
     spec = {"env": env, "sft": sft, "out": str(out), "steps": steps, "every": every}
     cmd = [sys.executable, str(Path(__file__).resolve()), "--trl-worker", json.dumps(spec)]
     launch = time.time()
-    wall = sh(cmd, runs / f"{env}-trl.log")
+    wall = run_logged(cmd, runs / f"{env}-trl.log")
     record = json.loads((out / "timing.json").read_text())
     ckpts = [{"step": s["step"], "samples": s["step"] * GROUP_SIZE * TASKS_PER_STEP,
               "path": str(out / f"checkpoint-{s['step']}"), "wall_s": s["time"] - launch,
