@@ -234,7 +234,6 @@ def _normalise(text: str) -> str:
         return text
 
 
-
 @register_env("kbsearch")
 class KBSearchEnv:
     """Look facts up with `search`/`open`, combine them with `calculate`, end with `answer`."""

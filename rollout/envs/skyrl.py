@@ -35,7 +35,6 @@ MAX_OBSERVATION_CHARS = 600
 DIFFICULTIES = (1, 2, 3, 4)
 
 
-
 def _skyrl() -> Any:
     return require("skyrl_gym", "skyrl", "skyrl-gym")
 
