@@ -125,9 +125,14 @@ class Curriculum:
             self.totals.update(counts)
             metrics |= {f"curriculum/{k}": float(v) for k, v in counts.items()}
         depths: dict[int, list[bool]] = defaultdict(list)
+        difficulties: dict[int, list[bool]] = defaultdict(list)  # depth counts same-level variants too
         for task_id, results in by_task.items():
-            depths[self.pool.get(task_id).depth].extend(results)
+            pool_task = self.pool.get(task_id)
+            depths[pool_task.depth].extend(results)
+            difficulties[pool_task.task.difficulty].extend(results)
         metrics |= {f"curriculum/success_depth{d}": sum(r) / len(r) for d, r in depths.items()}
+        metrics |= {f"curriculum/success_difficulty{d}": sum(r) / len(r) for d, r in difficulties.items()}
+        metrics |= {f"curriculum/episodes_difficulty{d}": float(len(r)) for d, r in difficulties.items()}
         self.sampler.refresh()  # the statistics and the pool changed
         cap = self.max_turns(step - 1)  # what this step's groups ran under: they started at version step - 1
         if cap is not None:

@@ -1,13 +1,18 @@
 """Self-evolving curriculum against a static pool: both start from a pool of easy tasks only and
 are evaluated on a fixed held-out set of harder tasks.
 
-    python tests/benchmarks/curriculum_ablation.py [--steps 30] [--eval-difficulties 2,3,4] [OVERRIDE ...]
+    python tests/benchmarks/curriculum_ablation.py [--steps 30] [--seeds 0,1,2] [--eval-difficulties 2,3,4] \
+        [OVERRIDE ...]
 
 Both runs train the SFT policy for the same steps with `curriculum.enabled=true` and a starting
 pool of difficulty-1 tasks; the static run never adds tasks (`curriculum.generate_every=0`), the
 self-evolving one adds variants of failed and mastered tasks every `--generate-every` steps. The
 held-out set is the harder difficulties (`--eval-difficulties`, `--eval-tasks` each), the same
-tasks for both runs, so they are also compared task by task (McNemar's exact test). The
+tasks for both runs, so they are also compared task by task (McNemar's exact test). One RL run of
+the tiny policy is noisy (its held-out success swings by many points with the seed), so
+`--seeds` repeats the pair with each `train.seed` (another starting pool and sampling, the same
+held-out tasks): the gain reported is the mean over seeds, and the paired test pools every
+(seed, task). The
 environment is the config's (kbsearch) or an override: for TextWorldExpress Coin, with the twx SFT
 policy of tests/benchmarks/twx_training.py,
 
@@ -50,37 +55,57 @@ def run(name: str, out: Path, args: list[str]) -> dict:
             "curriculum": summary.get("curriculum")}
 
 
+def mean(values: list[float]) -> float:
+    return sum(values) / len(values)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--seeds", default="0", help="train.seed of each pair of runs, comma-separated")
     parser.add_argument("--generate-every", type=int, default=3)
     parser.add_argument("--eval-difficulties", default="2,3,4", help="held-out difficulties, comma-separated")
     parser.add_argument("--eval-tasks", type=int, default=30, help="held-out tasks per difficulty")
     parser.add_argument("--runs", type=Path, default=Path("runs") / "bench-curriculum")
     parser.add_argument("--out", type=Path, default=RESULTS)
-    parser.add_argument("overrides", nargs="*")
+    parser.add_argument("overrides", nargs="*", help="config overrides for both runs (curriculum.* ones shape "
+                        "the self-evolving run; the static one never generates)")
     args = parser.parse_args()
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    seeds = [int(s) for s in args.seeds.split(",")]
     common = [f"train.steps={args.steps}", "logger.wandb_mode=disabled", "curriculum.enabled=true",
               "env.train_difficulties=[1]", f"env.eval_difficulties=[{args.eval_difficulties}]",
               f"env.eval_tasks_per_difficulty={args.eval_tasks}", "curriculum.initial_tasks=64",
               *args.overrides]
-    static = run("static pool", args.runs / "static", [*common, "curriculum.generate_every=0"])
-    evolving = run("self-evolving", args.runs / "evolving",
-                   [*common, f"curriculum.generate_every={args.generate_every}"])
-    report = {"benchmark": "curriculum_ablation", "steps": args.steps, "static": static, "self_evolving": evolving,
-              "heldout_gain_points": 100 * (evolving["success_final"] - static["success_final"]),
-              "paired": {"a": "static", "b": "self_evolving", **compare_paired(
-                  *(held_out_outcomes(list(read_trajectories([args.runs / name / "trajectories.jsonl"])), args.steps)
-                    for name in ("static", "evolving")))},
+    arms = {"static": ["curriculum.generate_every=0"],
+            "self_evolving": [f"curriculum.generate_every={args.generate_every}"]}
+    runs: dict[str, list[dict]] = {arm: [] for arm in arms}
+    outcomes: dict[str, dict[str, bool]] = {arm: {} for arm in arms}  # (seed/task id) -> held-out success
+    for seed in seeds:  # the held-out tasks are the same for every seed; the pool and sampling differ
+        for arm, extra in arms.items():
+            out = args.runs / f"{arm}-seed{seed}"
+            runs[arm].append({"seed": seed, **run(f"{arm} (seed {seed})", out,
+                                                   [*common, f"train.seed={seed}", *extra])})
+            final = held_out_outcomes(list(read_trajectories([out / "trajectories.jsonl"])), args.steps)
+            outcomes[arm] |= {f"{seed}/{task}": ok for task, ok in final.items()}
+    gains = [100 * (e["success_final"] - s["success_final"])
+             for s, e in zip(runs["static"], runs["self_evolving"], strict=True)]
+    report = {"benchmark": "curriculum_ablation", "steps": args.steps, "seeds": seeds,
+              **{arm: {"success_sft": runs[arm][0]["success_sft"],
+                       "success_final_mean": mean([r["success_final"] for r in runs[arm]]),
+                       "runs": runs[arm]} for arm in arms},
+              "heldout_gain_points": mean(gains), "heldout_gain_points_by_seed": gains,
+              "paired": {"a": "static", "b": "self_evolving", **compare_paired(outcomes["static"],
+                                                                               outcomes["self_evolving"])},
               "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
               "command": "python tests/benchmarks/curriculum_ablation.py " + " ".join(sys.argv[1:])}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     paired = report["paired"]
-    print(f"self-evolving - static on the harder held-out tasks: {report['heldout_gain_points']:+.1f} points "
-          f"(tasks solved only by self-evolving {paired['solved_only_by_b']}, only by static "
-          f"{paired['solved_only_by_a']}, McNemar p={paired['mcnemar_p']:.2g}) -> {args.out}")
+    print(f"self-evolving - static on the harder held-out tasks: {report['heldout_gain_points']:+.1f} points, "
+          f"mean of {len(seeds)} seed(s) {[round(g, 1) for g in gains]} (task-runs solved only by self-evolving "
+          f"{paired['solved_only_by_b']}, only by static {paired['solved_only_by_a']}, McNemar "
+          f"p={paired['mcnemar_p']:.2g}) -> {args.out}")
 
 
 if __name__ == "__main__":

@@ -64,3 +64,16 @@ def test_pilot_rollouts_keep_only_new_tasks_the_policy_solves_sometimes(tmp_path
     in_band = len(range(1, candidates, 3))
     assert metrics["curriculum/accepted"] == in_band
     assert metrics["curriculum/rejected_difficulty"] == candidates - in_band and len(pool) == 3 + in_band
+
+
+def test_step_metrics_give_success_by_difficulty_apart_from_depth(tmp_path):
+    pool = TaskPool(tmp_path / "tasks.sqlite")
+    env = get_env("kbsearch")
+    easy, hard = PoolTask(env.generate_task(1, 1), 0, 0), PoolTask(env.generate_task(2, 3), 0, 0)
+    pool.add([easy, hard])  # both at depth 0: only the difficulty tells them apart
+    curriculum = Curriculum(pool, CurriculumSettings(initial_tasks=0, generate_every=0), seed=0, seed_limit=10**6)
+    outcomes = [(easy.task.id, True), (easy.task.id, True), (easy.task.id, False), (hard.task.id, False)]
+    metrics = asyncio.run(curriculum.after_step(outcomes, step=1))
+    assert metrics["curriculum/success_depth0"] == 0.5
+    assert metrics["curriculum/success_difficulty1"] == 2 / 3 and metrics["curriculum/success_difficulty3"] == 0.0
+    assert metrics["curriculum/episodes_difficulty1"] == 3.0 and metrics["curriculum/episodes_difficulty3"] == 1.0
