@@ -67,6 +67,17 @@ class TaskPool:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
+        self._sort_stored_params()
+
+    def _sort_stored_params(self) -> None:
+        """Pools written before parameters were stored as sorted JSON hold some unsorted; rewrite
+        those, so `has_task` finds them when such a run resumes."""
+        rows = self._db.execute("SELECT id, params FROM tasks").fetchall()
+        stale = [(json.dumps(json.loads(params), sort_keys=True), task_id) for task_id, params in rows
+                 if json.dumps(json.loads(params), sort_keys=True) != params]
+        if stale:
+            with self._transaction() as db:
+                db.executemany("UPDATE tasks SET params = ? WHERE id = ?", stale)
 
     def add(self, tasks: list[PoolTask]) -> int:
         """Insert tasks in one transaction; ids already present are left alone. Returns how many were new."""

@@ -1,5 +1,6 @@
 """Tests for curricula/pool.py: statistics, lineage, and surviving a kill mid-write."""
 
+import json
 import os
 import signal
 import sqlite3
@@ -29,6 +30,19 @@ def test_tasks_round_trip_and_duplicates_are_ignored(tmp_path):
     assert len(pool) == 3 and pool.has_task(pool_task(2).task) and not pool.has_task(pool_task(9).task)
     # The same instruction with other parameters is another task (every Coin game has one instruction).
     assert not pool.has_task(replace(pool_task(2).task, params={**pool_task(2).task.params, "seed": 99}))
+
+
+def test_a_pool_with_unsorted_stored_params_finds_its_tasks_after_reopening(tmp_path):
+    path = tmp_path / "tasks.sqlite"
+    pool = TaskPool(path)
+    task = replace(pool_task(0).task, params={"seed": 3, "difficulty": 1})
+    pool.add([PoolTask(task, 0, 0)])
+    # As pools written before parameters were sorted stored them: in the generator's key order.
+    pool._db.execute("UPDATE tasks SET params = ? WHERE id = ?", (json.dumps(task.params), task.id))
+    assert not pool.has_task(task)
+    pool.close()
+    reopened = TaskPool(path)
+    assert reopened.has_task(task) and reopened.get(task.id).task.params == task.params
 
 
 def test_statistics_keep_counts_and_an_exponential_moving_average(tmp_path):
