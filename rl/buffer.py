@@ -13,7 +13,9 @@ was sampled at version u is v - u stale. Two mechanisms keep it at most `max_sta
 
 With `filter_uniform`, a group whose rewards are all equal (no group-relative signal) is filtered
 out the same way and replaced by a fresh one (DAPO's dynamic sampling with refill), up to
-`max_refills` per step so that a policy that fails everything still trains.
+`max_refills` per step so that a policy that fails everything still trains. Filtered groups are
+kept aside until `take_filtered`: the learner never sees them, but the curriculum must (a task the
+policy always fails or always solves is what it most needs to know about).
 """
 
 from __future__ import annotations
@@ -76,6 +78,7 @@ class GroupBuffer:
         self.version = 0
         self.stats = BufferStats()
         self._ready: list[ScoredGroup] = []
+        self._filtered: list[ScoredGroup] = []  # filtered as uniform since the last take_filtered
         self._arrived: set[int] = set()  # sample ids put so far
         self._cond = asyncio.Condition()
         self._error: BaseException | None = None
@@ -104,10 +107,16 @@ class GroupBuffer:
             if self.filter_uniform and uniform and self._refills < self.max_refills:
                 self._refills += 1
                 self.stats.filtered_uniform += 1  # frees its admission slot: a fresh group replaces it
+                self._filtered.append(group)
             else:
                 self._ready.append(group)
                 self.stats.ready += 1
             self._cond.notify_all()
+
+    def take_filtered(self) -> list[ScoredGroup]:
+        """The groups filtered as uniform since the last call (not trained on, but played)."""
+        filtered, self._filtered = self._filtered, []
+        return filtered
 
     def abandon(self) -> None:
         """A started group will never arrive (cancelled at the end of a run, or failed). Synchronous, so

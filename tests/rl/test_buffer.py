@@ -137,6 +137,7 @@ def test_uniform_groups_are_filtered_and_replaced_up_to_the_refill_cap():
         await buffer.put(group(3, [0], rewards=[0.0, 0.0]))  # cap reached: accepted as it is
         assert [g.index for g in await buffer.take()] == [1, 3]
         assert buffer.stats.filtered_uniform == 2
+        assert [g.index for g in buffer.take_filtered()] == [0, 2] and buffer.take_filtered() == []
         s = buffer.stats
         assert s.started == s.trained + s.filtered_uniform
 

@@ -2,6 +2,7 @@
 
 import json
 
+from curricula.pool import TaskPool
 from rl.config import load_config
 from rl.train import train
 
@@ -55,11 +56,18 @@ def test_uniform_groups_are_refilled_up_to_the_cap_and_accounted_for(tiny_model_
     cfg = load_config(["+experiment=smoke", "rollout=hf", f"model.path={tiny_model_dir}",
                        "algo.drop_uniform_groups=true", "algo.refill_uniform_groups=true", "algo.max_refill_factor=1",
                        "rollout.max_tokens_per_turn=16", "env.eval_tasks_per_difficulty=1",
+                       "curriculum.enabled=true", "curriculum.initial_tasks=6", "curriculum.generate_every=0",
                        f"train.out_dir={tmp_path}/run"])
     groups = train(cfg)["rollout/groups"]
     assert groups["filtered_uniform"] == 2 * cfg.algo.tasks_per_step  # two steps, cap reached in each
     assert groups["started"] == sum(groups[k] for k in ("trained", "dropped_stale", "filtered_uniform", "abandoned",
                                                        "ready_at_end"))
+    # The task pool's statistics count the filtered groups' episodes too: the curriculum must learn
+    # that these tasks are always failed, though the learner never sees them.
+    # (A group filtered after the last step's bookkeeping is counted in the stats only.)
+    attempts = sum(t.attempts for t in TaskPool(tmp_path / "run" / "tasks.sqlite").all())
+    size = cfg.algo.group_size
+    assert groups["trained"] * size < attempts <= (groups["trained"] + groups["filtered_uniform"]) * size
 
 
 def test_curriculum_run_grows_its_pool_caps_turns_and_resumes_with_the_pool(tiny_model_dir, tmp_path, ray_local):
