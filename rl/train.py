@@ -310,8 +310,12 @@ async def _train_rank0(cfg: TurnRLConfig) -> dict:
                 "perf/gen_tokens_per_s": sum(t.num_generated_tokens for t in trajs) / step_s,
                 **(proxy.metrics() if proxy else {}),
             }
-            if curriculum is not None:  # every episode played, trained on or filtered as uniform
-                played = trajs + [t for g in buffer.take_filtered() for t in g.trajectories]
+            # Every episode played this step, trained on or filtered as uniform: refill trains on
+            # mixed groups only, so rollout/success_rate alone drifts towards one half.
+            played = trajs + [t for g in buffer.take_filtered() for t in g.trajectories]
+            if cfg.algo.refill_uniform_groups:
+                metrics["rollout/played_success_rate"] = sum(t.success for t in played) / len(played)
+            if curriculum is not None:
                 metrics |= await curriculum.after_step([(t.task_id, t.success) for t in played], step + 1)
                 if curriculum.last_accepted:
                     sink.log_table("curriculum/generated_tasks", ["task", "parent", "origin", "difficulty", "depth",

@@ -65,6 +65,8 @@ def test_uniform_groups_are_refilled_up_to_the_cap_and_accounted_for(tiny_model_
     # The task pool's statistics count the filtered groups' episodes too: the curriculum must learn
     # that these tasks are always failed, though the learner never sees them.
     # (A group filtered after the last step's bookkeeping is counted in the stats only.)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["rollout/played_success_rate"] for r in rows if "rollout/success_rate" in r] == [0.0, 0.0]
     attempts = sum(t.attempts for t in TaskPool(tmp_path / "run" / "tasks.sqlite").all())
     size = cfg.algo.group_size
     assert groups["trained"] * size < attempts <= (groups["trained"] + groups["filtered_uniform"]) * size
