@@ -1,7 +1,7 @@
 """The ORM against the verifier: how well an ORM trained on a run's trajectories judges a later
 policy, and what training on its judgement alone keeps of the verifier-reward run's gain.
 
-    python tests/benchmarks/orm_vs_verifier.py [--steps 30] [--later-steps 10] [OVERRIDE ...]
+    python tests/benchmarks/orm_vs_verifier.py [--steps 30] [--later-steps 10] [--seeds 0,1,2] [OVERRIDE ...]
 
 1. Verifier run: `--steps` GRPO steps from the SFT policy with the verifier's reward; its
    trajectories (every trained and evaluated episode) are stored.
@@ -10,6 +10,9 @@ policy, and what training on its judgement alone keeps of the verifier-reward ru
    on the second store: accuracy, AUC, calibration, by training step.
 4. ORM-only run: the same config and steps from the SFT policy with `reward.verifier=0
    reward.orm=1`. Both runs' held-out success comes from the same verifier-based evaluation.
+With `--seeds`, the verifier and ORM-only runs are repeated with each `train.seed` (the ORM is
+trained once, on the first seed's store): the gains compared are the means over seeds, and the two
+arms' held-out results are also compared task by task (McNemar's exact test over every (seed, task)).
 Writes tests/benchmarks/results/orm_vs_verifier.json.
 """
 
@@ -23,6 +26,9 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from rl.evaluate import compare_paired, held_out_outcomes
+from rollout.store import read_trajectories
 
 RESULTS = Path(__file__).resolve().parent / "results" / "orm_vs_verifier.json"
 
@@ -44,11 +50,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--later-steps", type=int, default=10)
+    parser.add_argument("--seeds", default="0", help="train.seed of each pair of runs, comma-separated")
     parser.add_argument("--runs", type=Path, default=Path("runs") / "bench-orm")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("overrides", nargs="*", help="extra config overrides for every training run")
     args = parser.parse_args()
     common = ["logger.wandb_mode=disabled", *args.overrides]
+    seeds = [int(s) for s in args.seeds.split(",")]
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
     from rl.config import load_config
@@ -56,31 +64,42 @@ def main() -> None:
     if not Path(load_config().model.path, "config.json").exists():
         turnrl("model", "init", *common)
         turnrl("sft", *common)
-    verifier, later, orm_run = args.runs / "verifier", args.runs / "later", args.runs / "orm-only"
-    orm_path = args.runs / "orm"
-    turnrl("train", f"train.steps={args.steps}", f"train.out_dir={verifier}", *common)
-    turnrl("train", f"train.steps={args.steps + args.later_steps}", f"train.resume={verifier}/checkpoints",
-           f"train.out_dir={later}", *common)
-    trained = json.loads(turnrl("orm", "train", f"orm.data=[{verifier}/trajectories.jsonl]", f"orm.path={orm_path}",
+    verifier = {seed: args.runs / f"verifier-seed{seed}" for seed in seeds}
+    orm_only = {seed: args.runs / f"orm-only-seed{seed}" for seed in seeds}
+    first, later, orm_path = verifier[seeds[0]], args.runs / "later", args.runs / "orm"
+    for seed in seeds:
+        turnrl("train", f"train.steps={args.steps}", f"train.seed={seed}", f"train.out_dir={verifier[seed]}", *common)
+    turnrl("train", f"train.steps={args.steps + args.later_steps}", f"train.seed={seeds[0]}",
+           f"train.resume={first}/checkpoints", f"train.out_dir={later}", *common)
+    trained = json.loads(turnrl("orm", "train", f"orm.data=[{first}/trajectories.jsonl]", f"orm.path={orm_path}",
                                 *common))
     later_eval = json.loads(turnrl("orm", "eval", f"orm.path={orm_path}", f"orm.eval_data=[{later}/trajectories.jsonl]",
                                    "orm.sources=[train,eval]", *common))
-    turnrl("train", f"train.steps={args.steps}", "reward.verifier=0", "reward.orm=1", f"orm.path={orm_path}",
-           f"train.out_dir={orm_run}", *common)
+    for seed in seeds:
+        turnrl("train", f"train.steps={args.steps}", f"train.seed={seed}", "reward.verifier=0", "reward.orm=1",
+               f"orm.path={orm_path}", f"train.out_dir={orm_only[seed]}", *common)
 
-    v, o = summary(verifier), summary(orm_run)
-    gain_v, gain_o = v["eval/success_gain"], o["eval/success_gain"]
+    def arm(outs: dict[int, Path]) -> tuple[dict, dict[str, bool]]:
+        runs = [{"seed": seed, "success_sft": summary(out)["eval/success_sft"],
+                 "success_final": summary(out)["eval/success_final"], "gain": summary(out)["eval/success_gain"]}
+                for seed, out in outs.items()]
+        outcomes = {f"{seed}/{task}": ok for seed, out in outs.items() for task, ok in
+                    held_out_outcomes(list(read_trajectories([out / "trajectories.jsonl"])), args.steps).items()}
+        return {"gain_mean": sum(r["gain"] for r in runs) / len(runs), "runs": runs}, outcomes
+
+    (v, v_outcomes), (o, o_outcomes) = arm(verifier), arm(orm_only)
+    gain_v, gain_o = v["gain_mean"], o["gain_mean"]
     report = {
         "benchmark": "orm_vs_verifier",
         "steps": args.steps,
+        "seeds": seeds,
         "orm_training": trained,
         "orm_on_later_policy": later_eval,
-        "verifier_run": {"success_sft": v["eval/success_sft"], "success_final": v["eval/success_final"],
-                         "gain": gain_v},
-        "orm_only_run": {"success_sft": o["eval/success_sft"], "success_final": o["eval/success_final"],
-                         "gain": gain_o},
+        "verifier_run": v,
+        "orm_only_run": o,
         # Meaningful only when the verifier run gains clearly more than evaluation noise.
         "orm_gain_share": gain_o / gain_v if gain_v > 0 else None,
+        "paired": {"a": "verifier", "b": "orm_only", **compare_paired(v_outcomes, o_outcomes)},
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
         "command": "python tests/benchmarks/orm_vs_verifier.py " + " ".join(sys.argv[1:]),
     }
@@ -89,8 +108,8 @@ def main() -> None:
     print(f"ORM on held-out tasks: accuracy {trained.get('heldout_accuracy', float('nan')):.3f}, "
           f"AUC {trained.get('heldout_auc', float('nan')):.3f}; on the later policy: accuracy "
           f"{later_eval['accuracy']:.3f}, AUC {later_eval['auc']:.3f} (majority {later_eval['majority_accuracy']:.3f})")
-    print(f"held-out success gain over SFT: verifier {gain_v:+.3f}, ORM only {gain_o:+.3f} -> {args.out}")
-
+    print(f"held-out success gain over SFT, mean of {len(seeds)} seed(s): verifier {gain_v:+.3f}, ORM only "
+          f"{gain_o:+.3f} (share {report['orm_gain_share']}) -> {args.out}")
 
 if __name__ == "__main__":
     main()
