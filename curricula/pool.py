@@ -72,9 +72,11 @@ class TaskPool:
     def _sort_stored_params(self) -> None:
         """Pools written before parameters were stored as sorted JSON hold some unsorted; rewrite
         those, so `has_task` finds them when such a run resumes."""
-        rows = self._db.execute("SELECT id, params FROM tasks").fetchall()
-        stale = [(json.dumps(json.loads(params), sort_keys=True), task_id) for task_id, params in rows
-                 if json.dumps(json.loads(params), sort_keys=True) != params]
+        stale = []
+        for task_id, params in self._db.execute("SELECT id, params FROM tasks").fetchall():
+            in_order = json.dumps(json.loads(params), sort_keys=True)
+            if in_order != params:
+                stale.append((in_order, task_id))
         if stale:
             with self._transaction() as db:
                 db.executemany("UPDATE tasks SET params = ? WHERE id = ?", stale)
