@@ -1,12 +1,13 @@
 """Learner throughput on long-tailed episode lengths: padded row micro-batches against token-budget
 micro-batches and sequence packing (rl/packing.py), side by side on the same batch.
 
-    python tests/benchmarks/learner_packing.py [--size 256x4] [--sequences 64] [--repeats 3]
+    python tests/benchmarks/learner_packing.py [--size 256x4] [--sequences 64] [--repeats 3] [--dtype bfloat16]
 
 The batch has log-normal lengths (median 200 tokens, sigma 0.8, capped at 1024), as multi-turn
 episodes do. Each mode runs `--repeats` learner steps (ZeRO-2, one rank) on the same batch; the
 table reports trained tokens per second (padding not counted) and the padding share each mode
-computes. Writes tests/benchmarks/results/learner_packing.json.
+computes. On a GPU the learner runs there (DeepSpeed's accelerator); `--dtype bfloat16` is for GPUs
+only. Writes tests/benchmarks/results/learner_packing.json (or `--out`).
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ def main() -> None:
     parser.add_argument("--size", default="256x4", help="hidden x layers of the random Qwen2 model")
     parser.add_argument("--sequences", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--dtype", default="float32", help="float32, or bfloat16 on a GPU")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
 
@@ -69,7 +71,7 @@ def main() -> None:
     real_tokens = sum(lengths)
     rows = []
     for name, cut in MODES.items():
-        cfg = LearnerConfig(lr=1e-5, **cut)
+        cfg = LearnerConfig(lr=1e-5, dtype=args.dtype, **cut)
         learner = Learner(model_dir, cfg)
         learner.train_step(batch)  # warm-up
         times = []
@@ -89,12 +91,16 @@ def main() -> None:
     base = rows[0]["tokens_per_s"]
     for row in rows:
         row["speedup_over_padded_rows"] = row["tokens_per_s"] / base
-    report = {"benchmark": "learner_packing", "model": f"Qwen2 random {args.size}",
+    import torch
+
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    report = {"benchmark": "learner_packing", "model": f"Qwen2 random {args.size}", "dtype": args.dtype,
+              "device": device,
               "sequences": args.sequences, "real_tokens": real_tokens,
               "lengths": {"min": min(lengths), "median": statistics.median(lengths), "max": max(lengths)},
               "machine": {"cpus": os.cpu_count(), "platform": platform.platform()}, "results": rows,
               "command": f"python tests/benchmarks/learner_packing.py --size {args.size} --sequences "
-                         f"{args.sequences} --repeats {args.repeats}"}
+                         f"{args.sequences} --repeats {args.repeats} --dtype {args.dtype}"}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"-> {args.out}")

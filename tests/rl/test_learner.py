@@ -42,9 +42,11 @@ def on_policy_batch(model_dir: Path, advantages: list[float], lengths: list[int]
 
 
 def policy_logprobs(learner: Learner, batch: TrainBatch) -> torch.Tensor:
+    """The learner's log-probs of the batch's tokens, on the CPU (the learner may be on a GPU)."""
+    input_ids = batch.input_ids.to(learner.device)
     with torch.no_grad():
-        logits = learner.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-    return token_logprobs(logits[:, :-1], batch.input_ids[:, 1:])
+        logits = learner.model(input_ids=input_ids, attention_mask=batch.attention_mask.to(learner.device)).logits
+    return token_logprobs(logits[:, :-1].float(), input_ids[:, 1:]).cpu()
 
 
 def weights(learner: Learner) -> dict[str, torch.Tensor]:
