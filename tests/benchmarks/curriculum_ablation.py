@@ -42,16 +42,26 @@ from rollout.store import read_trajectories
 RESULTS = Path(__file__).resolve().parent / "results" / "curriculum_ablation.json"
 
 
-def run(name: str, out: Path, args: list[str]) -> dict:
-    t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "rl.cli", "train", f"train.out_dir={out}", *args],
-                          capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise SystemExit(f"{name} run failed:\n{proc.stderr[-4000:]}")
+def run(name: str, out: Path, args: list[str], reuse: bool) -> dict:
+    """One training run into `out`; with `reuse`, a finished run there made with the same arguments
+    is read instead (its `bench_run.json` records them)."""
+    record = out / "bench_run.json"
+    if reuse and (out / "summary.json").exists():
+        if not record.exists() or json.loads(record.read_text())["args"] != args:
+            raise SystemExit(f"--reuse: {out} holds a run made with other arguments (see {record.name})")
+        wall_s = json.loads(record.read_text())["wall_s"]
+    else:
+        t0 = time.perf_counter()
+        proc = subprocess.run([sys.executable, "-m", "rl.cli", "train", f"train.out_dir={out}", *args],
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise SystemExit(f"{name} run failed:\n{proc.stderr[-4000:]}")
+        wall_s = time.perf_counter() - t0
+        record.write_text(json.dumps({"args": args, "wall_s": wall_s}) + "\n")
     summary = json.loads((out / "summary.json").read_text())
-    print(f"{name}: {time.perf_counter() - t0:.0f} s, held-out {summary['eval/success_final']:.3f} "
+    print(f"{name}: {wall_s:.0f} s, held-out {summary['eval/success_final']:.3f} "
           f"(SFT {summary['eval/success_sft']:.3f}) {summary['eval/success_final_by_difficulty']}", flush=True)
-    return {"wall_s": time.perf_counter() - t0, "success_sft": summary["eval/success_sft"],
+    return {"wall_s": wall_s, "success_sft": summary["eval/success_sft"],
             "success_final": summary["eval/success_final"],
             "by_difficulty_sft": summary["eval/success_sft_by_difficulty"],
             "by_difficulty_final": summary["eval/success_final_by_difficulty"],
@@ -71,6 +81,8 @@ def main() -> None:
     parser.add_argument("--eval-tasks", type=int, default=30, help="held-out tasks per difficulty")
     parser.add_argument("--runs", type=Path, default=Path("runs") / "bench-curriculum")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--reuse", action="store_true", help="read finished runs in --runs made with the same "
+                        "arguments instead of running them again (to add seeds to a benchmark)")
     parser.add_argument("overrides", nargs="*", help="config overrides for both runs (curriculum.* ones shape "
                         "the self-evolving run; the static one never generates)")
     args = parser.parse_args()
@@ -88,7 +100,7 @@ def main() -> None:
         for arm, extra in arms.items():
             out = args.runs / f"{arm}-seed{seed}"
             runs[arm].append({"seed": seed, **run(f"{arm} (seed {seed})", out,
-                                                   [*common, f"train.seed={seed}", *extra])})
+                                                   [*common, f"train.seed={seed}", *extra], args.reuse)})
             final = held_out_outcomes(list(read_trajectories([out / "trajectories.jsonl"])), args.steps)
             outcomes[arm] |= {f"{seed}/{task}": ok for task, ok in final.items()}
     gains = [100 * (e["success_final"] - s["success_final"])
