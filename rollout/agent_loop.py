@@ -105,6 +105,7 @@ async def run_episode(
         turns: list[Turn] = []
         finish = FinishReason.MAX_TURNS
         consecutive_errors = 0
+        final_observation = ""  # the last answer of the environment that never enters the context
         for turn_index in range(limits.max_turns):
             budget = min(limits.max_tokens_per_turn, limits.max_total_tokens - len(buf.token_ids))
             if budget <= 0:
@@ -130,6 +131,7 @@ async def run_episode(
                     finish = FinishReason.TIMEOUT
                     break
             turn.tool_error = result.error
+            final_observation = result.observation
             # Partial masking: the environment flags a turn (info["mask_turn"]), or a failed tool call.
             if result.info.get("mask_turn") or (result.error and limits.mask_error_turns):
                 buf.mask(turn.action_start, turn.action_end)
@@ -150,6 +152,7 @@ async def run_episode(
                 break
             buf.add_context(observation)
             turn.observation_end = len(buf.token_ids)
+            final_observation = ""
 
         success = bool(env.verify())
     finally:
@@ -166,6 +169,7 @@ async def run_episode(
         finish_reason=finish,
         success=success,
         difficulty=task.difficulty,
+        final_observation=final_observation,
     )
 
 

@@ -34,6 +34,7 @@ def trajectory_record(traj: Trajectory, task: Task, tokenizer, step: int, source
         "turns": [{"action": decode(traj.token_ids[t.action_start:t.action_end]),
                    "observation": decode(traj.token_ids[t.action_end:t.observation_end]),
                    "tool_error": t.tool_error, "reward": t.reward} for t in traj.turns],
+        "final_observation": traj.final_observation,
         "text": decode(traj.token_ids),
         "token_ids": traj.token_ids,
     }

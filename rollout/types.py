@@ -108,6 +108,9 @@ class Trajectory:
     reward: float = 0.0  # outcome reward, set by rewards/
     difficulty: int = 0
     info: dict[str, Any] = field(default_factory=dict)
+    # What the environment answered to the last action when that answer is not in the context (the
+    # episode ended there): WebRL's final page. Kept for reward models and inspection only.
+    final_observation: str = ""
 
     @property
     def num_generated_tokens(self) -> int:

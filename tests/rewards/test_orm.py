@@ -27,6 +27,14 @@ def test_webrl_final_observation_is_the_last_one_the_agent_saw():
     assert orm_text(ended, "webrl").endswith("Final observation: Ada: born in Lyon\nSuccess?")
 
 
+def test_the_environments_answer_to_the_last_action_is_shown_where_it_was_recorded():
+    ended = {**RECORD, "turns": [RECORD["turns"][0], {"action": "take coin", "observation": ""}],
+             "final_observation": "You take the coin. You won!"}
+    assert orm_text(ended, "webrl").endswith("Final observation: Ada: born in Lyon\n"
+                                             "Answer to the last action: You take the coin. You won!\nSuccess?")
+    assert orm_text(ended, "full") == "<whole episode>\nAnswer to the last action: You take the coin. You won!\n"
+
+
 def test_classification_metrics_against_hand_computed_values():
     probs = [0.9, 0.8, 0.3, 0.6, 0.1]
     labels = [True, False, True, False, False]

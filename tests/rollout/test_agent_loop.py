@@ -55,6 +55,19 @@ def test_multi_turn_tool_episode_keeps_tokens_exactly(tiny_tokenizer):
     assert traj.finish_reason == FinishReason.DONE and traj.success
     assert len(traj.turns) == len(calls) >= 3
     assert_token_in_token_out(traj, engine.calls)
+    # The environment's answer to the final `answer` call never enters the context; it is kept apart.
+    assert traj.final_observation == "Answer recorded."
+    assert "Answer recorded." not in tiny_tokenizer.decode(traj.token_ids)
+
+
+def test_an_episode_cut_by_the_turn_cap_has_no_final_observation_apart(tiny_tokenizer):
+    env_cls = get_env("kbsearch")
+    task = env_cls.generate_task(seed=11, difficulty=3)
+    chat = ChatFormat(tiny_tokenizer, env_cls.tools)
+    calls = env_cls.expert_solution(task)
+    engine = ScriptedEngine(chat, [format_tool_call(c) for c in calls])
+    traj = asyncio.run(run_episode(engine, chat, task, SamplingConfig(), EpisodeLimits(max_turns=1)))
+    assert traj.finish_reason == FinishReason.MAX_TURNS and traj.final_observation == ""
 
 
 def test_sampled_episodes_from_a_real_engine_keep_tokens_exactly(tiny_model_dir, tiny_tokenizer):
