@@ -16,7 +16,7 @@ held-out tasks): the gain reported is the mean over seeds, and the paired test p
 environment is the config's (kbsearch) or an override: for TextWorldExpress Coin, with the twx SFT
 policy of tests/benchmarks/twx_training.py,
 
-    TURNRL_CACHE=runs/bench-twx/cache python tests/benchmarks/curriculum_ablation.py --seeds 0,1,2 \
+    TURNRL_CACHE=runs/bench-twx/cache python tests/benchmarks/curriculum_ablation.py --seeds 0,1,2,3,4 \
         --generate-every 2 --eval-difficulties 2 --eval-tasks 100 \
         --out tests/benchmarks/results/curriculum_ablation_twx.json env=twx \
         curriculum.parents_per_generation=16 curriculum.band=[0.1,0.6] \
