@@ -66,6 +66,13 @@ def held_out_outcomes(records: list[dict], step: int) -> dict[str, bool]:
     return {r["task"]["id"]: bool(r["success"]) for r in records if r["source"] == "eval" and r["step"] == step}
 
 
+def pooled_held_out_outcomes(records_by_seed: dict[int, list[dict]], step: int) -> dict[str, bool]:
+    """"seed/task id" -> success of each seed's run at `step` (`held_out_outcomes`): repeated runs
+    on the same held-out tasks, pooled so that two arms are compared over every (seed, task)."""
+    return {f"{seed}/{task}": ok for seed, records in records_by_seed.items()
+            for task, ok in held_out_outcomes(records, step).items()}
+
+
 def compare_paired(a: dict[str, bool], b: dict[str, bool]) -> dict[str, float]:
     """Two evaluations on the same tasks, task by task: how many only `a` solved, how many only `b`,
     and McNemar's exact two-sided p-value (a binomial test at 1/2 of those two counts). Paired, a

@@ -31,12 +31,13 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from rl.evaluate import compare_paired, held_out_outcomes
+from rl.evaluate import compare_paired, pooled_held_out_outcomes
 from rollout.store import read_trajectories
 
 RESULTS = Path(__file__).resolve().parent / "results" / "curriculum_ablation.json"
@@ -68,10 +69,6 @@ def run(name: str, out: Path, args: list[str], reuse: bool) -> dict:
             "curriculum": summary.get("curriculum")}
 
 
-def mean(values: list[float]) -> float:
-    return sum(values) / len(values)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=30)
@@ -94,22 +91,21 @@ def main() -> None:
               *args.overrides]
     arms = {"static": ["curriculum.generate_every=0"],
             "self_evolving": [f"curriculum.generate_every={args.generate_every}"]}
+    outs = {arm: {seed: args.runs / f"{arm}-seed{seed}" for seed in seeds} for arm in arms}
     runs: dict[str, list[dict]] = {arm: [] for arm in arms}
-    outcomes: dict[str, dict[str, bool]] = {arm: {} for arm in arms}  # (seed/task id) -> held-out success
     for seed in seeds:  # the held-out tasks are the same for every seed; the pool and sampling differ
         for arm, extra in arms.items():
-            out = args.runs / f"{arm}-seed{seed}"
-            runs[arm].append({"seed": seed, **run(f"{arm} (seed {seed})", out,
+            runs[arm].append({"seed": seed, **run(f"{arm} (seed {seed})", outs[arm][seed],
                                                    [*common, f"train.seed={seed}", *extra], args.reuse)})
-            final = held_out_outcomes(list(read_trajectories([out / "trajectories.jsonl"])), args.steps)
-            outcomes[arm] |= {f"{seed}/{task}": ok for task, ok in final.items()}
+    outcomes = {arm: pooled_held_out_outcomes({seed: list(read_trajectories([out / "trajectories.jsonl"]))
+                                               for seed, out in outs[arm].items()}, args.steps) for arm in arms}
     gains = [100 * (e["success_final"] - s["success_final"])
              for s, e in zip(runs["static"], runs["self_evolving"], strict=True)]
     report = {"benchmark": "curriculum_ablation", "steps": args.steps, "seeds": seeds,
               **{arm: {"success_sft": runs[arm][0]["success_sft"],
-                       "success_final_mean": mean([r["success_final"] for r in runs[arm]]),
+                       "success_final_mean": statistics.mean(r["success_final"] for r in runs[arm]),
                        "runs": runs[arm]} for arm in arms},
-              "heldout_gain_points": mean(gains), "heldout_gain_points_by_seed": gains,
+              "heldout_gain_points": statistics.mean(gains), "heldout_gain_points_by_seed": gains,
               "paired": {"a": "static", "b": "self_evolving", **compare_paired(outcomes["static"],
                                                                                outcomes["self_evolving"])},
               "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},

@@ -22,12 +22,13 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from rl.evaluate import compare_paired, held_out_outcomes
+from rl.evaluate import compare_paired, pooled_held_out_outcomes
 from rollout.store import read_trajectories
 
 RESULTS = Path(__file__).resolve().parent / "results" / "orm_vs_verifier.json"
@@ -83,9 +84,9 @@ def main() -> None:
         runs = [{"seed": seed, "success_sft": summary(out)["eval/success_sft"],
                  "success_final": summary(out)["eval/success_final"], "gain": summary(out)["eval/success_gain"]}
                 for seed, out in outs.items()]
-        outcomes = {f"{seed}/{task}": ok for seed, out in outs.items() for task, ok in
-                    held_out_outcomes(list(read_trajectories([out / "trajectories.jsonl"])), args.steps).items()}
-        return {"gain_mean": sum(r["gain"] for r in runs) / len(runs), "runs": runs}, outcomes
+        outcomes = pooled_held_out_outcomes({seed: list(read_trajectories([out / "trajectories.jsonl"]))
+                                             for seed, out in outs.items()}, args.steps)
+        return {"gain_mean": statistics.mean(r["gain"] for r in runs), "runs": runs}, outcomes
 
     (v, v_outcomes), (o, o_outcomes) = arm(verifier), arm(orm_only)
     gain_v, gain_o = v["gain_mean"], o["gain_mean"]

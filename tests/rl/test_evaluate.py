@@ -2,7 +2,7 @@
 
 import pytest
 
-from rl.evaluate import compare_paired, held_out_outcomes
+from rl.evaluate import compare_paired, held_out_outcomes, pooled_held_out_outcomes
 
 
 def test_paired_comparison_against_hand_computed_mcnemar():
@@ -25,3 +25,8 @@ def test_held_out_outcomes_reads_one_evaluation_of_a_store():
                {"source": "train", "step": 3, "task": {"id": "a"}, "success": True},
                {"source": "eval", "step": 3, "task": {"id": "a"}, "success": True}]
     assert held_out_outcomes(records, 0) == {"a": False} and held_out_outcomes(records, 3) == {"a": True}
+
+
+def test_pooled_outcomes_key_each_task_by_its_runs_seed():
+    run = lambda ok: [{"source": "eval", "step": 2, "task": {"id": "a"}, "success": ok}]  # noqa: E731
+    assert pooled_held_out_outcomes({0: run(True), 1: run(False)}, 2) == {"0/a": True, "1/a": False}
