@@ -8,8 +8,8 @@ the small policy-sized model would have to learn; it is served by batching forwa
 
 Inputs (`orm.input`): `webrl`, WebRL's format (the instruction, the history of actions, the
 final observation the agent saw and the environment's answer to its last action), or `full`, the
-whole trajectory text. Texts are cut from the left so the end
-of the episode (the answer and what the environment said to it) always fits.
+whole trajectory text with that answer appended. Texts are cut from the left so the end of the
+episode (the answer and what the environment said to it) always fits.
 """
 
 from __future__ import annotations
@@ -32,20 +32,20 @@ ORM_INPUTS = ("webrl", "full")
 
 def orm_text(record: dict, input_format: str) -> str:
     """The ORM's input for one stored trajectory record (`rollout.store.trajectory_record`)."""
+    # What the environment answered to the episode's last action (WebRL's final page: a game's "you
+    # take the coin"), which the agent never saw; stores written before it was recorded lack it.
     answer = record.get("final_observation", "").strip()
-    answer = f"Answer to the last action: {answer}\n" if answer else ""
+    answer_line = f"Answer to the last action: {answer}\n" if answer else ""
     if input_format == "full":
-        return record["text"] + ("\n" + answer if answer else "")
+        return record["text"] + ("\n" + answer_line if answer else "")
     if input_format != "webrl":
         raise ValueError(f"ORM input format {input_format!r} must be one of {ORM_INPUTS}")
     actions = "\n".join(f"{i + 1}. {t['action'].strip()}" for i, t in enumerate(record["turns"]))
     # The last thing the environment showed the agent: the turn that ends an episode adds no
     # observation to the context (its record has ""), so that is the one before it.
     final = next((t["observation"].strip() for t in reversed(record["turns"]) if t["observation"].strip()), "")
-    # `answer`: what it answered to the episode's last action (WebRL's final page: a game's "you
-    # take the coin"), which the agent never saw; stores written before it was recorded lack it.
     return (f"Task: {record['task']['instruction']}\nActions:\n{actions}\nFinal observation: {final}\n"
-            f"{answer}Success?")
+            f"{answer_line}Success?")
 
 
 class OrmScorer:
