@@ -103,11 +103,19 @@ def parse_mistakes(answer: str, num_turns: int) -> tuple[set[int] | None, str]:
     return turns, "ok" if len(turns) == len(set(numbers)) else "mistakes_out_of_range"
 
 
-def numbered_transcript(trajectory: Trajectory, tokenizer) -> str:
-    """The trajectory's turns as text, each after a `[turn N]` header (actions and observations)."""
-    return "\n".join(f"[turn {i + 1}]\n" + tokenizer.decode(trajectory.token_ids[t.action_start:t.observation_end],
-                                                           skip_special_tokens=False)
-                     for i, t in enumerate(trajectory.turns))
+def transcript(trajectory: Trajectory, tokenizer, numbered: bool = False) -> str:
+    """What the judge grades: the episode after the prompt, as one text or with each turn after a
+    `[turn N]` header (`judge.flag_turns`), then the environment's answer to the last action. That
+    answer is outside the context (the episode ended there), yet it is often what shows the outcome
+    ("You take the coin"), as WebRL's final page is."""
+    if numbered:
+        text = "\n".join(f"[turn {i + 1}]\n" + tokenizer.decode(trajectory.token_ids[t.action_start:t.observation_end],
+                                                               skip_special_tokens=False)
+                         for i, t in enumerate(trajectory.turns))
+    else:
+        text = tokenizer.decode(trajectory.token_ids[trajectory.prompt_length:], skip_special_tokens=False)
+    answer = trajectory.final_observation.strip()
+    return text + (f"\n[the environment's answer to the last action]\n{answer}" if answer else "")
 
 
 def neutralize(text: str) -> str:
@@ -155,10 +163,8 @@ class JudgeReward:
 
     async def judge(self, task: Task, trajectory: Trajectory) -> tuple[float, set[int]]:
         """(the score in [0, 1], the turns flagged as mistakes; empty without judge.flag_turns)."""
-        if self.s.flag_turns:
-            return await self._judge(task, numbered_transcript(trajectory, self.tokenizer), len(trajectory.turns))
-        text = self.tokenizer.decode(trajectory.token_ids[trajectory.prompt_length:], skip_special_tokens=False)
-        return await self._judge(task, text, 0)
+        return await self._judge(task, transcript(trajectory, self.tokenizer, numbered=self.s.flag_turns),
+                                 len(trajectory.turns) if self.s.flag_turns else 0)
 
     async def score_text(self, task: Task, trajectory_text: str) -> float:
         """The mean of the parsed votes, scaled to [0, 1]; unparseable votes follow `on_unparseable`."""

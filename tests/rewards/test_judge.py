@@ -184,3 +184,18 @@ def test_turns_the_judge_flags_stay_in_context_with_loss_mask_zero():
 def test_without_flag_turns_the_rubric_asks_for_a_score_only():
     assert "Mistakes" not in Rubric().render(TASK, "answer(Lyon)", 0, 10)
     assert "Mistakes" in Rubric().render(TASK, "answer(Lyon)", 0, 10, flag_turns=True)
+
+
+@pytest.mark.parametrize("flag_turns", [False, True])
+def test_the_judge_sees_the_environments_answer_to_the_last_action(flag_turns):
+    server = ScriptedJudgeServer([["Score: 10\nMistakes: none"]])
+    try:
+        judge = JudgeReward(HTTPCompletion(server.url, "judge"), Rubric(), CharTokenizer(),
+                            JudgeSettings(flag_turns=flag_turns, timeout_s=5.0))
+        traj = three_turn_trajectory()
+        traj.final_observation = "Correct: Lyon."  # outside the tokens: the episode ended on that answer
+        asyncio.run(judge(TASK, [traj]))
+        prompt = server.requests[0]["messages"][0]["content"]
+        assert "answer(Lyon)ok\n[the environment's answer to the last action]\nCorrect: Lyon.\nTRANSCRIPT" in prompt
+    finally:
+        server.close()
