@@ -32,10 +32,10 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
+
+from logged_run import turnrl_recorded  # tests/benchmarks/, beside this script
 
 from rl.evaluate import compare_paired, pooled_held_out_outcomes
 from rollout.store import read_trajectories
@@ -46,19 +46,7 @@ RESULTS = Path(__file__).resolve().parent / "results" / "curriculum_ablation.jso
 def run(name: str, out: Path, args: list[str], reuse: bool) -> dict:
     """One training run into `out`; with `reuse`, a finished run there made with the same arguments
     is read instead (its `bench_run.json` records them)."""
-    record = out / "bench_run.json"
-    if reuse and (out / "summary.json").exists():
-        if not record.exists() or json.loads(record.read_text())["args"] != args:
-            raise SystemExit(f"--reuse: {out} holds a run made with other arguments (see {record.name})")
-        wall_s = json.loads(record.read_text())["wall_s"]
-    else:
-        t0 = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-m", "rl.cli", "train", f"train.out_dir={out}", *args],
-                              capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise SystemExit(f"{name} run failed:\n{proc.stderr[-4000:]}")
-        wall_s = time.perf_counter() - t0
-        record.write_text(json.dumps({"args": args, "wall_s": wall_s}) + "\n")
+    _, wall_s = turnrl_recorded(["train", f"train.out_dir={out}", *args], out / "bench_run.json", reuse)
     summary = json.loads((out / "summary.json").read_text())
     print(f"{name}: {wall_s:.0f} s, held-out {summary['eval/success_final']:.3f} "
           f"(SFT {summary['eval/success_sft']:.3f}) {summary['eval/success_final_by_difficulty']}", flush=True)

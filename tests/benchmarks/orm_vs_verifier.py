@@ -1,7 +1,7 @@
 """The ORM against the verifier: how well an ORM trained on a run's trajectories judges a later
 policy, and what training on its judgement alone keeps of the verifier-reward run's gain.
 
-    python tests/benchmarks/orm_vs_verifier.py [--steps 30] [--later-steps 10] [--seeds 0,1,2] [OVERRIDE ...]
+    python tests/benchmarks/orm_vs_verifier.py [--steps 30] [--later-steps 10] [--seeds 0,1,2] [--reuse] [OVERRIDE ...]
 
 1. Verifier run: `--steps` GRPO steps from the SFT policy with the verifier's reward; its
    trajectories (every trained and evaluated episode) are stored.
@@ -13,6 +13,9 @@ policy, and what training on its judgement alone keeps of the verifier-reward ru
 With `--seeds`, the verifier and ORM-only runs are repeated with each `train.seed` (the ORM is
 trained once, on the first seed's store): the gains compared are the means over seeds, and the two
 arms' held-out results are also compared task by task (McNemar's exact test over every (seed, task)).
+Every stage records its arguments and output in --runs (`bench_run.json` in a run's directory,
+`orm_train.json`, `orm_eval.json`); `--reuse` reads the stages made with the same arguments instead
+of running them again, so adding seeds runs only the new ones.
 Writes tests/benchmarks/results/orm_vs_verifier.json.
 """
 
@@ -23,24 +26,15 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
+
+from logged_run import turnrl_recorded  # tests/benchmarks/, beside this script
 
 from rl.evaluate import compare_paired, pooled_held_out_outcomes
 from rollout.store import read_trajectories
 
 RESULTS = Path(__file__).resolve().parent / "results" / "orm_vs_verifier.json"
-
-
-def turnrl(*args: str) -> str:
-    t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "rl.cli", *args], capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise SystemExit(f"turnrl {' '.join(args)} failed:\n{proc.stderr[-4000:]}")
-    print(f"turnrl {args[0]} {args[1] if len(args) > 1 else ''}: {time.perf_counter() - t0:.0f} s", flush=True)
-    return proc.stdout
 
 
 def summary(out: Path) -> dict:
@@ -54,6 +48,8 @@ def main() -> None:
     parser.add_argument("--seeds", default="0", help="train.seed of each pair of runs, comma-separated")
     parser.add_argument("--runs", type=Path, default=Path("runs") / "bench-orm")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--reuse", action="store_true", help="read finished stages in --runs made with the same "
+                        "arguments instead of running them again (to add seeds to a benchmark)")
     parser.add_argument("overrides", nargs="*", help="extra config overrides for every training run")
     args = parser.parse_args()
     common = ["logger.wandb_mode=disabled", *args.overrides]
@@ -62,23 +58,27 @@ def main() -> None:
 
     from rl.config import load_config
 
+    def turnrl(*cmd: str, record: Path) -> str:
+        return turnrl_recorded([*cmd, *common], record, args.reuse)[0]
+
     if not Path(load_config().model.path, "config.json").exists():
-        turnrl("model", "init", *common)
-        turnrl("sft", *common)
+        turnrl("model", "init", record=args.runs / "model_init.json")
+        turnrl("sft", record=args.runs / "sft.json")
     verifier = {seed: args.runs / f"verifier-seed{seed}" for seed in seeds}
     orm_only = {seed: args.runs / f"orm-only-seed{seed}" for seed in seeds}
     first, later, orm_path = verifier[seeds[0]], args.runs / "later", args.runs / "orm"
     for seed in seeds:
-        turnrl("train", f"train.steps={args.steps}", f"train.seed={seed}", f"train.out_dir={verifier[seed]}", *common)
+        turnrl("train", f"train.steps={args.steps}", f"train.seed={seed}", f"train.out_dir={verifier[seed]}",
+               record=verifier[seed] / "bench_run.json")
     turnrl("train", f"train.steps={args.steps + args.later_steps}", f"train.seed={seeds[0]}",
-           f"train.resume={first}/checkpoints", f"train.out_dir={later}", *common)
+           f"train.resume={first}/checkpoints", f"train.out_dir={later}", record=later / "bench_run.json")
     trained = json.loads(turnrl("orm", "train", f"orm.data=[{first}/trajectories.jsonl]", f"orm.path={orm_path}",
-                                *common))
+                                record=args.runs / "orm_train.json"))
     later_eval = json.loads(turnrl("orm", "eval", f"orm.path={orm_path}", f"orm.eval_data=[{later}/trajectories.jsonl]",
-                                   "orm.sources=[train,eval]", *common))
+                                   "orm.sources=[train,eval]", record=args.runs / "orm_eval.json"))
     for seed in seeds:
         turnrl("train", f"train.steps={args.steps}", f"train.seed={seed}", "reward.verifier=0", "reward.orm=1",
-               f"orm.path={orm_path}", f"train.out_dir={orm_only[seed]}", *common)
+               f"orm.path={orm_path}", f"train.out_dir={orm_only[seed]}", record=orm_only[seed] / "bench_run.json")
 
     def arm(outs: dict[int, Path]) -> tuple[dict, dict[str, bool]]:
         runs = [{"seed": seed, "success_sft": summary(out)["eval/success_sft"],
