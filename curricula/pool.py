@@ -57,12 +57,19 @@ class PoolTask:
 
 
 class TaskPool:
-    """Tasks and their statistics in `path` (created if missing)."""
+    """Tasks and their statistics in `path` (created if missing). `read_only` opens an existing pool
+    without writing to it (`turnrl tasks` beside the run that writes it)."""
 
-    def __init__(self, path: str | Path, ema: float = 0.5) -> None:
+    def __init__(self, path: str | Path, ema: float = 0.5, read_only: bool = False) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self.ema = ema
+        if read_only:
+            if not self.path.exists():
+                raise FileNotFoundError(f"no task pool at {self.path}")
+            self._db = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None,
+                                       check_same_thread=False)
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")

@@ -173,7 +173,7 @@ def cmd_tasks(cfg: TurnRLConfig) -> None:
     path = Path(cfg.train.out_dir) / POOL_FILE
     if not path.exists():
         raise SystemExit(f"no task pool at {path}: train with curriculum.enabled=true (train.out_dir names the run)")
-    _print_result(lineage_tree(TaskPool(path)))
+    _print_result(lineage_tree(TaskPool(path, read_only=True)))
 
 
 def _require_model(path: str) -> None:

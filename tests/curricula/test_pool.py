@@ -41,8 +41,19 @@ def test_a_pool_with_unsorted_stored_params_finds_its_tasks_after_reopening(tmp_
     pool._db.execute("UPDATE tasks SET params = ? WHERE id = ?", (json.dumps(task.params), task.id))
     assert not pool.has_task(task)
     pool.close()
+    reader = TaskPool(path, read_only=True)  # `turnrl tasks` beside a run: reads, never rewrites
+    assert not reader.has_task(task) and len(reader) == 1
+    with pytest.raises(sqlite3.OperationalError, match="readonly"):
+        reader.add([pool_task(1)])
+    reader.close()
     reopened = TaskPool(path)
     assert reopened.has_task(task) and reopened.get(task.id).task.params == task.params
+
+
+def test_a_read_only_pool_must_exist(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no task pool"):
+        TaskPool(tmp_path / "missing.sqlite", read_only=True)
+    assert not (tmp_path / "missing.sqlite").exists()
 
 
 def test_statistics_keep_counts_and_an_exponential_moving_average(tmp_path):
