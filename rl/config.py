@@ -197,6 +197,9 @@ class OrmConfig:
     max_length: int = 1024
     zero_stage: int = 2
     seed: int = 0
+    # Weigh the rarer outcome up to the other's total in the loss, so P(success) = 0.5 sits between
+    # the classes however rare successes are in the data (calibrated to a 50% prior, not the data's).
+    balance_classes: bool = False
     threshold: float = 0.5  # in training runs: reward 1 if P(success) >= threshold (WebRL); < 0: P itself
 
 

@@ -3,7 +3,8 @@
 Training: the records of trajectory stores (`rollout/store.py`, a run's `trajectories.jsonl`),
 labelled by the verifier (`success`, or any boolean `orm.label_key`), rendered by
 `rewards.orm.orm_text`, train a scalar-head model initialised from `orm.base_path` with binary
-cross-entropy under DeepSpeed; under `torchrun` each rank takes its share of every batch. Held out:
+cross-entropy (with `orm.balance_classes`, both outcomes weighted equally) under DeepSpeed; under
+`torchrun` each rank takes its share of every batch. Held out:
 `orm.eval_data` stores, or, without them, the tasks whose id hashes into `orm.eval_fraction`
 (so no task is on both sides). The model, its tokenizer and `orm_meta.json` go to `orm.path`.
 """
@@ -53,6 +54,15 @@ def split_examples(cfg: OrmConfig):
     return pick(False), pick(True)
 
 
+def positive_weight(labels: list[bool]) -> float:
+    """The weight of a successful example that makes both outcomes count equally: failures / successes."""
+    successes = sum(labels)
+    if successes == 0 or successes == len(labels):
+        raise ValueError(f"orm.balance_classes needs both outcomes in the training data ({successes} of "
+                         f"{len(labels)} successful)")
+    return (len(labels) - successes) / successes
+
+
 def train_orm(cfg: OrmConfig) -> dict:
     import deepspeed
     import torch.distributed as dist
@@ -75,6 +85,9 @@ def train_orm(cfg: OrmConfig) -> dict:
     engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=deepspeed_config(
         cfg.batch_size, world, 1.0, cfg.zero_stage))
     device = engine.device
+    # Successes are rare early in RL (5% of a tiny policy's first run), so an ORM fitted to that
+    # prior rarely says P >= 0.5, on a later policy that succeeds more often too.
+    pos_weight = torch.tensor(positive_weight(labels), device=device) if cfg.balance_classes else None
     per_step = cfg.batch_size * world
     order = list(range(len(texts)))
     steps_per_epoch = len(order) // per_step
@@ -92,7 +105,7 @@ def train_orm(cfg: OrmConfig) -> dict:
                             max_length=cfg.max_length).to(device)
             target = torch.tensor([float(labels[i]) for i in rows], device=device)
             logits = engine(**enc).logits.squeeze(-1).float()
-            loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, target)
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, target, pos_weight=pos_weight)
             engine.backward(loss)
             engine.step()
             losses.append(loss.item())
@@ -106,13 +119,15 @@ def train_orm(cfg: OrmConfig) -> dict:
         tokenizer.save_pretrained(str(out))
     if world > 1:
         dist.barrier()
-    metrics = {"train_loss": sum(losses[-steps_per_epoch:]) / steps_per_epoch, "train_count": len(texts)}
+    metrics = {"train_loss": sum(losses[-steps_per_epoch:]) / steps_per_epoch, "train_count": len(texts),
+               "train_base_rate": sum(labels) / len(labels)}
     if eval_texts and rank == 0:
         scorer = OrmScorer(out, cfg.max_length, cfg.batch_size)
         metrics |= {f"heldout_{k}": v for k, v in classification_metrics(scorer.probabilities(eval_texts),
                                                                         eval_labels).items()}
     if rank == 0:
         (out / "orm_meta.json").write_text(json.dumps({"input": cfg.input, "label_key": cfg.label_key,
+                                                       "balance_classes": cfg.balance_classes,
                                                        "data": list(cfg.data), "metrics": metrics}, indent=2) + "\n")
         log.info("ORM written to %s: %s", out, {k: round(v, 4) for k, v in metrics.items()})
     return metrics

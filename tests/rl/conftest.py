@@ -32,15 +32,15 @@ def ray_local():
 
 @pytest.fixture(scope="session")
 def synthetic_store():
-    """Write `n` kbsearch-like trajectory records (rollout/store.py) to a JSONL store: about 40%
-    successful, and the final observation says whether the answer was right, as kbsearch's does."""
+    """Write `n` kbsearch-like trajectory records (rollout/store.py) to a JSONL store: about
+    `success_rate` of them successful, and the final observation says whether the answer was right."""
     from rollout.store import TrajectoryStore
 
-    def write(path: Path, n: int, seed: int, step: int) -> Path:
+    def write(path: Path, n: int, seed: int, step: int, success_rate: float = 0.4) -> Path:
         rng = random.Random(seed)
         records = []
         for i in range(n):
-            success = rng.random() < 0.4
+            success = rng.random() < success_rate
             city = rng.choice(["Lyon", "Oslo", "Lima", "Kyiv"])
             final = "Correct answer." if success else "Wrong answer."
             records.append({"source": "train", "step": step, "success": success,

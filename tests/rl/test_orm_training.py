@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from rl.config import load_config
-from rl.orm_training import eval_orm, train_orm
+from rl.orm_training import eval_orm, positive_weight, train_orm
 from rollout.store import TrajectoryStore
 
 
@@ -37,6 +37,25 @@ def test_orm_eval_reports_metrics_overall_and_by_step_on_a_later_policys_traject
     report = eval_orm(cfg.orm)
     assert report["count"] == 80 and report["accuracy"] >= 0.9
     assert list(report["by_step"]) == [20]
+
+
+def test_balanced_classes_put_p_one_half_between_rare_successes_and_failures(tiny_model_dir, tmp_path,
+                                                                             synthetic_store):
+    data = synthetic_store(tmp_path / "early.jsonl", 320, seed=3, step=1, success_rate=0.05)
+    later = synthetic_store(tmp_path / "later.jsonl", 100, seed=4, step=20)  # 40% successful, as a better policy
+    metrics = {}
+    for balance in (False, True):
+        cfg = load_config([f"model.path={tiny_model_dir}", f"orm.data=[{data}]", f"orm.eval_data=[{later}]",
+                           f"orm.path={tmp_path}/orm-{balance}", "orm.epochs=1", "orm.lr=1e-3", "orm.batch_size=16",
+                           f"orm.balance_classes={balance}"])
+        metrics[balance] = train_orm(cfg.orm)
+    assert metrics[True]["train_base_rate"] < 0.1
+    # Fitted to a 5% prior, the ORM calls every later episode a failure; balanced, it separates them.
+    assert metrics[False]["heldout_accuracy"] == metrics[False]["heldout_majority_accuracy"]
+    assert metrics[True]["heldout_accuracy"] >= 0.9
+    with pytest.raises(ValueError, match="both outcomes"):
+        positive_weight([False] * 10)
+    assert positive_weight([True, False, False, False]) == 3
 
 
 def test_orm_training_refuses_stores_without_the_label(tiny_model_dir, tmp_path):
