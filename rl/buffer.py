@@ -66,7 +66,7 @@ class GroupBuffer:
     """Scored groups waiting for the learner, with staleness-bounded admission (see module doc)."""
 
     def __init__(self, groups_per_step: int, max_staleness: int, timeout_s: float, filter_uniform: bool = False,
-                 max_refills: int = 0) -> None:
+                 max_refills: int = 0, version: int = 0) -> None:
         if groups_per_step < 1 or max_staleness < 0:
             raise ValueError(f"groups_per_step={groups_per_step} must be >= 1, max_staleness={max_staleness} >= 0")
         self.groups_per_step = groups_per_step
@@ -75,7 +75,8 @@ class GroupBuffer:
         self.filter_uniform = filter_uniform
         self.max_refills = max_refills
         self._refills = 0  # groups filtered since the last take
-        self.version = 0
+        self.version = version  # the policy's version: a resumed run starts at its checkpoint's step
+        self._start_version = version
         self.stats = BufferStats()
         self._ready: list[ScoredGroup] = []
         self._filtered: list[ScoredGroup] = []  # filtered as uniform since the last take_filtered
@@ -84,10 +85,12 @@ class GroupBuffer:
         self._error: BaseException | None = None
 
     def _admissible(self) -> bool:
-        # Dropped and abandoned groups give their slot back: a fresh group replaces each.
+        # Dropped and abandoned groups give their slot back: a fresh group replaces each. Counted from
+        # the version this buffer started at: a run resumed at step 30 has started no group yet, and
+        # must not admit 31 steps' worth at once (the shortest episodes would win every batch).
         s = self.stats
         live = s.started - s.dropped_stale - s.filtered_uniform - s.abandoned
-        return live < (self.version + self.max_staleness + 1) * self.groups_per_step
+        return live < (self.version - self._start_version + self.max_staleness + 1) * self.groups_per_step
 
     async def admit(self) -> int:
         """Wait until a new group may start; returns its index (sample id)."""

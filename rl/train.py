@@ -230,8 +230,7 @@ async def _train_rank0(cfg: TurnRLConfig) -> dict:
             sampler.load_state_dict(extra["sampler"])
     buffer = GroupBuffer(cfg.algo.tasks_per_step, cfg.train.max_staleness, cfg.train.wait_timeout_s,
                          filter_uniform=cfg.algo.refill_uniform_groups,
-                         max_refills=cfg.algo.max_refill_factor * cfg.algo.tasks_per_step)
-    buffer.version = start_step
+                         max_refills=cfg.algo.max_refill_factor * cfg.algo.tasks_per_step, version=start_step)
     replay = ReplayBuffer(cfg.replay, cfg.train.seed) if cfg.replay.ratio > 0 else None
     splice_chat = ChatFormat(tokenizer, get_env(cfg.env.name).tools) if cfg.replay.reflection_splices else None
     if replay is not None and "replay" in extra:

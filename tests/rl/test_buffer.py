@@ -91,6 +91,22 @@ def test_synchronous_mode_admits_one_step_of_groups_per_version():
     asyncio.run(run())
 
 
+def test_a_resumed_buffer_admits_one_step_of_groups_not_every_step_since_the_start():
+    async def run():
+        buffer = GroupBuffer(groups_per_step=2, max_staleness=0, timeout_s=0.2, version=30)
+        assert [await buffer.admit(), await buffer.admit()] == [0, 1]
+        with pytest.raises(TimeoutError, match=r"admission slot .* at version 30"):
+            await buffer.admit()
+        await buffer.put(group(0, [30]))
+        await buffer.put(group(1, [30]))
+        assert buffer.stats.staleness == [] and [g.index for g in await buffer.take()] == [0, 1]
+        assert buffer.stats.staleness == [0, 0]
+        await buffer.set_version(31)
+        assert await buffer.admit() == 2
+
+    asyncio.run(run())
+
+
 def test_a_group_that_became_too_stale_is_dropped_and_its_slot_returned():
     async def run():
         buffer = GroupBuffer(groups_per_step=1, max_staleness=1, timeout_s=0.2)

@@ -62,6 +62,10 @@ def test_resume_continues_from_the_checkpoint(run):
     assert [r["step"] for r in rows if "train/loss" in r] == [1, 2, 3]
     assert [r["train/optimizer_steps"] for r in rows if "train/loss" in r] == [2, 4, 6]
     assert (out / "checkpoints" / "step_3" / "meta.json").exists()
+    # Synchronous (max_staleness=0), resumed at step 2 for one step: the step's 2 groups, not the 2 x 3
+    # a buffer counting from version 0 admitted at once (then dropped as stale but the fastest).
+    groups = json.loads((out / "summary.json").read_text())["rollout/groups"]
+    assert groups["started"] == groups["trained"] == 2 and groups["dropped_stale"] == 0
 
 
 def test_training_survives_a_killed_engine_core(run):
