@@ -1,7 +1,8 @@
 """The ORM against the verifier: how well an ORM trained on a run's trajectories judges a later
 policy, and what training on its judgement alone keeps of the verifier-reward run's gain.
 
-    python tests/benchmarks/orm_vs_verifier.py [--steps 30] [--later-steps 10] [--seeds 0,1,2] [--reuse] [OVERRIDE ...]
+    python tests/benchmarks/orm_vs_verifier.py [--steps 30] [--later-steps 10] [--seeds 0,1,2] [--reuse] \
+        [--orm-set OVERRIDE ...] [--orm-base-shape 4x256] [OVERRIDE ...]
 
 1. Verifier run: `--steps` GRPO steps from the SFT policy with the verifier's reward; its
    trajectories (every trained and evaluated episode) are stored.
@@ -13,6 +14,9 @@ policy, and what training on its judgement alone keeps of the verifier-reward ru
 With `--seeds`, the verifier and ORM-only runs are repeated with each `train.seed` (the ORM is
 trained once, on the first seed's store): the gains compared are the means over seeds, and the two
 arms' held-out results are also compared task by task (McNemar's exact test over every (seed, task)).
+`--orm-set` overrides apply to the ORM's stages only (the verifier and later runs stay reusable);
+`--orm-base-shape 4x256` starts the ORM from an SFT model of its own, larger than the tiny policy
+(WebRL's ORM is an LLM of its own too).
 Every stage records its arguments and output in --runs (`bench_run.json` in a run's directory,
 `orm_train.json`, `orm_eval.json`); `--reuse` reads the stages made with the same arguments instead
 of running them again, so adding seeds runs only the new ones.
@@ -50,9 +54,16 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--reuse", action="store_true", help="read finished stages in --runs made with the same "
                         "arguments instead of running them again (to add seeds to a benchmark)")
-    parser.add_argument("overrides", nargs="*", help="extra config overrides for every training run")
+    parser.add_argument("--orm-set", action="append", default=[], metavar="OVERRIDE",
+                        help="a config override for the ORM's stages only (its training, its evaluation and the "
+                        "ORM-only runs), e.g. orm.balance_classes=true; repeatable")
+    parser.add_argument("--orm-base-shape", metavar="LAYERSxHIDDEN",
+                        help="start the ORM from its own SFT model of this shape (e.g. 4x256) instead of the "
+                        "policy's; built in --runs/orm-base with `turnrl model init` and `turnrl sft`")
+    parser.add_argument("overrides", nargs="*", help="extra config overrides for every stage")
     args = parser.parse_args()
     common = ["logger.wandb_mode=disabled", *args.overrides]
+    orm_args = list(args.orm_set)
     seeds = [int(s) for s in args.seeds.split(",")]
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
@@ -64,6 +75,15 @@ def main() -> None:
     if not Path(load_config().model.path, "config.json").exists():
         turnrl("model", "init", record=args.runs / "model_init.json")
         turnrl("sft", record=args.runs / "sft.json")
+    if args.orm_base_shape:
+        layers, hidden = (int(n) for n in args.orm_base_shape.split("x"))
+        base = args.runs / "orm-base"
+        shape = [f"model.num_layers={layers}", f"model.hidden_size={hidden}", f"model.base_path={base}/init",
+                 f"model.path={base}/sft"]
+        if not Path(base, "sft", "config.json").exists():
+            turnrl("model", "init", *shape, record=base / "model_init.json")
+            turnrl("sft", *shape, record=base / "sft.json")
+        orm_args.append(f"orm.base_path={base}/sft")
     verifier = {seed: args.runs / f"verifier-seed{seed}" for seed in seeds}
     orm_only = {seed: args.runs / f"orm-only-seed{seed}" for seed in seeds}
     first, later, orm_path = verifier[seeds[0]], args.runs / "later", args.runs / "orm"
@@ -73,12 +93,13 @@ def main() -> None:
     turnrl("train", f"train.steps={args.steps + args.later_steps}", f"train.seed={seeds[0]}",
            f"train.resume={first}/checkpoints", f"train.out_dir={later}", record=later / "bench_run.json")
     trained = json.loads(turnrl("orm", "train", f"orm.data=[{first}/trajectories.jsonl]", f"orm.path={orm_path}",
-                                record=args.runs / "orm_train.json"))
+                                *orm_args, record=args.runs / "orm_train.json"))
     later_eval = json.loads(turnrl("orm", "eval", f"orm.path={orm_path}", f"orm.eval_data=[{later}/trajectories.jsonl]",
-                                   "orm.sources=[train,eval]", record=args.runs / "orm_eval.json"))
+                                   "orm.sources=[train,eval]", *orm_args, record=args.runs / "orm_eval.json"))
     for seed in seeds:
         turnrl("train", f"train.steps={args.steps}", f"train.seed={seed}", "reward.verifier=0", "reward.orm=1",
-               f"orm.path={orm_path}", f"train.out_dir={orm_only[seed]}", record=orm_only[seed] / "bench_run.json")
+               f"orm.path={orm_path}", *orm_args, f"train.out_dir={orm_only[seed]}",
+               record=orm_only[seed] / "bench_run.json")
 
     def arm(outs: dict[int, Path]) -> tuple[dict, dict[str, bool]]:
         runs = [{"seed": seed, "success_sft": summary(out)["eval/success_sft"],
@@ -94,6 +115,7 @@ def main() -> None:
         "benchmark": "orm_vs_verifier",
         "steps": args.steps,
         "seeds": seeds,
+        "orm_stage_overrides": orm_args,
         "orm_training": trained,
         "orm_on_later_policy": later_eval,
         "verifier_run": v,
