@@ -135,14 +135,17 @@ def train_orm(cfg: OrmConfig) -> dict:
 
 def eval_orm(cfg: OrmConfig) -> dict:
     """Accuracy, AUC and calibration of the ORM at `orm.path` on `orm.eval_data` (else `orm.data`),
-    overall and by the training step that produced the trajectories (how it holds up as the policy moves)."""
+    overall, by the training step that produced the trajectories (how it holds up as the policy
+    moves) and by task difficulty (whether it judges each kind of task, or only knows which kinds
+    usually fail: overall accuracy and AUC can come from that alone)."""
     paths = list(cfg.eval_data or cfg.data)
     texts, labels, records = load_examples(paths, cfg)
     probs = OrmScorer(cfg.path, cfg.max_length, cfg.batch_size).probabilities(texts)
     report = {"orm": cfg.path, "data": paths, **classification_metrics(probs, labels)}
-    by_step: dict[int, list[int]] = {}
-    for i, r in enumerate(records):
-        by_step.setdefault(r["step"], []).append(i)
-    report["by_step"] = {step: classification_metrics([probs[i] for i in idx], [labels[i] for i in idx])
-                         for step, idx in sorted(by_step.items())}
+    for name, key in (("by_step", lambda r: r["step"]), ("by_difficulty", lambda r: r["task"]["difficulty"])):
+        groups: dict[int, list[int]] = {}
+        for i, r in enumerate(records):
+            groups.setdefault(key(r), []).append(i)
+        report[name] = {value: classification_metrics([probs[i] for i in idx], [labels[i] for i in idx])
+                        for value, idx in sorted(groups.items())}
     return report

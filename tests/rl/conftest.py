@@ -44,7 +44,8 @@ def synthetic_store():
             city = rng.choice(["Lyon", "Oslo", "Lima", "Kyiv"])
             final = "Correct answer." if success else "Wrong answer."
             records.append({"source": "train", "step": step, "success": success,
-                            "task": {"id": f"task-{seed}-{i}", "instruction": f"Where was person {i} born?"},
+                            "task": {"id": f"task-{seed}-{i}", "instruction": f"Where was person {i} born?",
+                                     "difficulty": 1 + i % 2},
                             "turns": [{"action": f"open(person {i})", "observation": f"born in {city}"},
                                       {"action": f"answer({city})", "observation": final}],
                             "text": f"... {final}"})

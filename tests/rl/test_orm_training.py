@@ -37,6 +37,7 @@ def test_orm_eval_reports_metrics_overall_and_by_step_on_a_later_policys_traject
     report = eval_orm(cfg.orm)
     assert report["count"] == 80 and report["accuracy"] >= 0.9
     assert list(report["by_step"]) == [20]
+    assert list(report["by_difficulty"]) == [1, 2] and report["by_difficulty"][1]["count"] == 40
 
 
 def test_balanced_classes_put_p_one_half_between_rare_successes_and_failures(tiny_model_dir, tmp_path,
