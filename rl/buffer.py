@@ -66,7 +66,7 @@ class GroupBuffer:
     """Scored groups waiting for the learner, with staleness-bounded admission (see module doc)."""
 
     def __init__(self, groups_per_step: int, max_staleness: int, timeout_s: float, filter_uniform: bool = False,
-                 max_refills: int = 0, version: int = 0) -> None:
+                 max_refills: int = 0, version: int = 0, first_index: int = 0) -> None:
         if groups_per_step < 1 or max_staleness < 0:
             raise ValueError(f"groups_per_step={groups_per_step} must be >= 1, max_staleness={max_staleness} >= 0")
         self.groups_per_step = groups_per_step
@@ -77,6 +77,7 @@ class GroupBuffer:
         self._refills = 0  # groups filtered since the last take
         self.version = version  # the policy's version: a resumed run starts at its checkpoint's step
         self._start_version = version
+        self._first_index = first_index  # a resumed run's sample ids go on from its checkpoint's
         self.stats = BufferStats()
         self._ready: list[ScoredGroup] = []
         self._filtered: list[ScoredGroup] = []  # filtered as uniform since the last take_filtered
@@ -96,9 +97,14 @@ class GroupBuffer:
         """Wait until a new group may start; returns its index (sample id)."""
         async with self._cond:
             await self._wait(self._admissible, "an admission slot (the learner to take a step)")
-            index = self.stats.started
+            index = self.next_index
             self.stats.started += 1
             return index
+
+    @property
+    def next_index(self) -> int:
+        """The sample id the next admitted group gets (saved in checkpoints: ids stay unique across resumes)."""
+        return self._first_index + self.stats.started
 
     async def put(self, group: ScoredGroup) -> None:
         if group.index in self._arrived:

@@ -230,7 +230,8 @@ async def _train_rank0(cfg: TurnRLConfig) -> dict:
             sampler.load_state_dict(extra["sampler"])
     buffer = GroupBuffer(cfg.algo.tasks_per_step, cfg.train.max_staleness, cfg.train.wait_timeout_s,
                          filter_uniform=cfg.algo.refill_uniform_groups,
-                         max_refills=cfg.algo.max_refill_factor * cfg.algo.tasks_per_step, version=start_step)
+                         max_refills=cfg.algo.max_refill_factor * cfg.algo.tasks_per_step, version=start_step,
+                         first_index=extra.get("next_group_index", 0))
     replay = ReplayBuffer(cfg.replay, cfg.train.seed) if cfg.replay.ratio > 0 else None
     splice_chat = ChatFormat(tokenizer, get_env(cfg.env.name).tools) if cfg.replay.reflection_splices else None
     if replay is not None and "replay" in extra:
@@ -336,7 +337,8 @@ async def _train_rank0(cfg: TurnRLConfig) -> dict:
             if (step + 1) % cfg.train.save_every == 0 or step + 1 == cfg.train.steps:
                 # Before the next version is admitted, so that (synchronously) no task of the next
                 # step has been drawn yet and a resumed run continues with the same tasks.
-                extra = {"sampler": sampler.state_dict(), "eval_sft": asdict(sft_eval)}
+                extra = {"sampler": sampler.state_dict(), "eval_sft": asdict(sft_eval),
+                         "next_group_index": buffer.next_index}
                 if curriculum is not None:
                     extra["curriculum"] = curriculum.state_dict()
                 if replay is not None:

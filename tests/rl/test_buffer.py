@@ -93,16 +93,17 @@ def test_synchronous_mode_admits_one_step_of_groups_per_version():
 
 def test_a_resumed_buffer_admits_one_step_of_groups_not_every_step_since_the_start():
     async def run():
-        buffer = GroupBuffer(groups_per_step=2, max_staleness=0, timeout_s=0.2, version=30)
-        assert [await buffer.admit(), await buffer.admit()] == [0, 1]
+        # Resumed at step 30 of a run that had started 64 groups: sample ids go on from 64.
+        buffer = GroupBuffer(groups_per_step=2, max_staleness=0, timeout_s=0.2, version=30, first_index=64)
+        assert [await buffer.admit(), await buffer.admit()] == [64, 65]
         with pytest.raises(TimeoutError, match=r"admission slot .* at version 30"):
             await buffer.admit()
-        await buffer.put(group(0, [30]))
-        await buffer.put(group(1, [30]))
-        assert buffer.stats.staleness == [] and [g.index for g in await buffer.take()] == [0, 1]
+        await buffer.put(group(64, [30]))
+        await buffer.put(group(65, [30]))
+        assert buffer.stats.staleness == [] and [g.index for g in await buffer.take()] == [64, 65]
         assert buffer.stats.staleness == [0, 0]
         await buffer.set_version(31)
-        assert await buffer.admit() == 2
+        assert await buffer.admit() == 66 and buffer.next_index == 67
 
     asyncio.run(run())
 

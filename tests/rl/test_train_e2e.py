@@ -66,6 +66,13 @@ def test_resume_continues_from_the_checkpoint(run):
     # a buffer counting from version 0 admitted at once (then dropped as stale but the fastest).
     groups = json.loads((out / "summary.json").read_text())["rollout/groups"]
     assert groups["started"] == groups["trained"] == 2 and groups["dropped_stale"] == 0
+    # Sample ids go on from the checkpoint's: step 3's groups are not steps 1's again.
+    trained = {}
+    for line in (out / "trajectories.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        if record["source"] == "train":
+            trained.setdefault(record["step"], set()).add(record["group"])
+    assert trained[3] == {"4", "5"} and not trained[3] & (trained[1] | trained[2])
 
 
 def test_training_survives_a_killed_engine_core(run):
