@@ -85,8 +85,8 @@ def train_orm(cfg: OrmConfig) -> dict:
     engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=deepspeed_config(
         cfg.batch_size, world, 1.0, cfg.zero_stage))
     device = engine.device
-    # Successes are rare early in RL (5% of a tiny policy's first run), so an ORM fitted to that
-    # prior rarely says P >= 0.5, on a later policy that succeeds more often too.
+    # Successes are rare early in RL (5% of a tiny policy's first run on kbsearch): an ORM fitted to
+    # that prior rarely says P >= 0.5, even on a later policy that succeeds more often.
     pos_weight = torch.tensor(positive_weight(labels), device=device) if cfg.balance_classes else None
     per_step = cfg.batch_size * world
     order = list(range(len(texts)))
