@@ -109,15 +109,22 @@ def classification_metrics(probs: list[float], labels: list[bool], bins: int = 1
     if pos and neg:
         wins = sum((p > q) + 0.5 * (p == q) for p in pos for q in neg)
         auc = wins / (len(pos) * len(neg))
-    ece = 0.0
-    for b in range(bins):
-        members = [(p, y) for p, y in zip(probs, labels, strict=True)
-                   if b / bins <= p < (b + 1) / bins or (b == bins - 1 and p == 1.0)]
-        if members:
-            confidence = sum(p for p, _ in members) / len(members)
-            frequency = sum(y for _, y in members) / len(members)
-            ece += len(members) / n * abs(confidence - frequency)
+    ece = sum(count / n * abs(confidence - frequency)
+              for confidence, frequency, count in reliability_bins(probs, labels, bins))
     brier = sum((p - y) ** 2 for p, y in zip(probs, labels, strict=True)) / n
     return {"accuracy": accuracy, "auc": auc, "ece": ece, "brier": brier, "base_rate": len(pos) / n,
             "majority_accuracy": max(len(pos), len(neg)) / n, "count": float(n),
             "log_loss": -sum(math.log(max(p if y else 1 - p, 1e-12)) for p, y in zip(probs, labels, strict=True)) / n}
+
+
+def reliability_bins(probs: list[float], labels: list[bool], bins: int = 10) -> list[tuple[float, float, int]]:
+    """(mean P(success), observed success rate, count) of each non-empty one of `bins` equal-width
+    bins of P: the points of a reliability diagram, which expected calibration error averages."""
+    out = []
+    for b in range(bins):
+        members = [(p, y) for p, y in zip(probs, labels, strict=True)
+                   if b / bins <= p < (b + 1) / bins or (b == bins - 1 and p == 1.0)]
+        if members:
+            out.append((sum(p for p, _ in members) / len(members), sum(y for _, y in members) / len(members),
+                        len(members)))
+    return out

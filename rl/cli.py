@@ -140,7 +140,13 @@ def cmd_orm_train(cfg: TurnRLConfig) -> None:
 def cmd_orm_eval(cfg: TurnRLConfig) -> None:
     from rl.orm_training import eval_orm
 
-    _print_result(eval_orm(cfg.orm))
+    report = eval_orm(cfg.orm)
+    if cfg.orm.eval_plot:
+        from rl.report import write_orm_report
+
+        write_orm_report(report, Path(cfg.orm.eval_plot))
+        log.info("ORM evaluation drawn in %s", cfg.orm.eval_plot)
+    _print_result(report)
 
 
 def writer_path(cfg: TurnRLConfig) -> str:

@@ -186,6 +186,7 @@ class OrmConfig:
     data: list[str] = field(default_factory=list)
     eval_data: list[str] = field(default_factory=list)  # empty: hold out eval_fraction of data's tasks
     eval_fraction: float = 0.2
+    eval_plot: str = ""  # `turnrl orm eval` also draws its reliability diagram and accuracy by step here (PNG)
     sources: list[str] = field(default_factory=lambda: ["train"])  # record sources used (train, eval)
     label_key: str = "success"  # the verifier's outcome, or any boolean column of the records
     input: str = "webrl"  # webrl (instruction, actions, final observation) | full (the whole trajectory)

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from rewards.orm import OrmScorer, classification_metrics, orm_text
+from rewards.orm import OrmScorer, classification_metrics, orm_text, reliability_bins
 from rl.config import OrmConfig
 from rollout.store import read_trajectories
 
@@ -137,11 +137,14 @@ def eval_orm(cfg: OrmConfig) -> dict:
     """Accuracy, AUC and calibration of the ORM at `orm.path` on `orm.eval_data` (else `orm.data`),
     overall, by the training step that produced the trajectories (how it holds up as the policy
     moves) and by task difficulty (whether it judges each kind of task, or only knows which kinds
-    usually fail: overall accuracy and AUC can come from that alone)."""
+    usually fail: overall accuracy and AUC can come from that alone), with the reliability diagram's
+    points. `orm.eval_plot` draws them (`rl/report.py`)."""
     paths = list(cfg.eval_data or cfg.data)
     texts, labels, records = load_examples(paths, cfg)
     probs = OrmScorer(cfg.path, cfg.max_length, cfg.batch_size).probabilities(texts)
-    report = {"orm": cfg.path, "data": paths, **classification_metrics(probs, labels)}
+    report = {"orm": cfg.path, "data": paths, **classification_metrics(probs, labels),
+              "reliability": [{"p_mean": p, "success_rate": rate, "count": count}
+                              for p, rate, count in reliability_bins(probs, labels)]}
     for name, key in (("by_step", lambda r: r["step"]), ("by_difficulty", lambda r: r["task"]["difficulty"])):
         groups: dict[int, list[int]] = {}
         for i, r in enumerate(records):

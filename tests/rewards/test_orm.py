@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from rewards.orm import classification_metrics, orm_text
+from rewards.orm import classification_metrics, orm_text, reliability_bins
 
 RECORD = {"task": {"instruction": "Where was Ada born?"}, "text": "<whole episode>",
           "turns": [{"action": " open(Ada) ", "observation": "Ada: born in Lyon"},
@@ -47,3 +47,5 @@ def test_classification_metrics_against_hand_computed_values():
     assert m["brier"] == pytest.approx((0.01 + 0.64 + 0.49 + 0.36 + 0.01) / 5)
     assert m["base_rate"] == 0.4 and m["majority_accuracy"] == 0.6
     assert math.isnan(classification_metrics([0.2, 0.7], [False, False])["auc"])  # one class: undefined
+    bins = reliability_bins(probs, labels, bins=2)
+    assert [(round(p, 4), round(rate, 4), n) for p, rate, n in bins] == [(0.2, 0.5, 2), (0.7667, 0.3333, 3)]

@@ -40,6 +40,18 @@ def test_orm_eval_reports_metrics_overall_and_by_step_on_a_later_policys_traject
     assert list(report["by_difficulty"]) == [1, 2] and report["by_difficulty"][1]["count"] == 40
 
 
+def test_orm_eval_from_the_cli_draws_its_reliability_diagram(trained, tmp_path, capsys):
+    from rl.cli import main
+
+    cfg, later, _ = trained
+    plot = tmp_path / "orm_eval.png"
+    main(["orm", "eval", f"model.path={cfg.model.path}", f"orm.path={cfg.orm.path}", f"orm.eval_data=[{later}]",
+          f"orm.eval_plot={plot}"])
+    report = json.loads(capsys.readouterr().out)
+    assert sum(b["count"] for b in report["reliability"]) == report["count"] == 80
+    assert plot.stat().st_size > 1000
+
+
 def test_balanced_classes_put_p_one_half_between_rare_successes_and_failures(tiny_model_dir, tmp_path,
                                                                              synthetic_store):
     data = synthetic_store(tmp_path / "early.jsonl", 320, seed=3, step=1, success_rate=0.05)
