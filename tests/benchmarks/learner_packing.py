@@ -57,6 +57,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
 
+    import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     from rl.learner import Learner, LearnerConfig
@@ -91,8 +92,6 @@ def main() -> None:
     base = rows[0]["tokens_per_s"]
     for row in rows:
         row["speedup_over_padded_rows"] = row["tokens_per_s"] / base
-    import torch
-
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     report = {"benchmark": "learner_packing", "model": f"Qwen2 random {args.size}", "dtype": args.dtype,
               "device": device,

@@ -72,17 +72,18 @@ def main() -> None:
     def turnrl(*cmd: str, record: Path) -> str:
         return turnrl_recorded([*cmd, *common], record, args.reuse)[0]
 
-    if not Path(load_config().model.path, "config.json").exists():
-        turnrl("model", "init", record=args.runs / "model_init.json")
-        turnrl("sft", record=args.runs / "sft.json")
+    def sft_model(path: str | Path, records: Path, *overrides: str) -> None:
+        """`turnrl model init` and `turnrl sft` (with `overrides`), unless an SFT model is at `path`."""
+        if not Path(path, "config.json").exists():
+            turnrl("model", "init", *overrides, record=records / "model_init.json")
+            turnrl("sft", *overrides, record=records / "sft.json")
+
+    sft_model(load_config().model.path, args.runs)  # the policy's
     if args.orm_base_shape:
         layers, hidden = (int(n) for n in args.orm_base_shape.split("x"))
         base = args.runs / "orm-base"
-        shape = [f"model.num_layers={layers}", f"model.hidden_size={hidden}", f"model.base_path={base}/init",
-                 f"model.path={base}/sft"]
-        if not Path(base, "sft", "config.json").exists():
-            turnrl("model", "init", *shape, record=base / "model_init.json")
-            turnrl("sft", *shape, record=base / "sft.json")
+        sft_model(base / "sft", base, f"model.num_layers={layers}", f"model.hidden_size={hidden}",
+                  f"model.base_path={base}/init", f"model.path={base}/sft")
         orm_args.append(f"orm.base_path={base}/sft")
     verifier = {seed: args.runs / f"verifier-seed{seed}" for seed in seeds}
     orm_only = {seed: args.runs / f"orm-only-seed{seed}" for seed in seeds}
