@@ -27,7 +27,7 @@ from curricula.pool import PoolTask, TaskPool
 from curricula.proposer import LLMProposer, ProposerSettings
 from curricula.sampling import PoolSampler, turn_cap
 from rollout.engines.base import SamplingConfig
-from rollout.env import get_env
+from rollout.envs import get_env
 from rollout.types import Task
 
 POOL_FILE = "tasks.sqlite"
@@ -58,6 +58,27 @@ class CurriculumSettings:
     pilot_rollouts: int = 0
     difficulty_band: list[float] = field(default_factory=lambda: [0.05, 0.75])
     proposer: ProposerSettings = field(default_factory=ProposerSettings)  # the llm generator's model
+
+    def check(self, enabled: bool) -> None:
+        """Raise ValueError naming the fields of settings no curriculum can run with (`enabled`: the
+        pool is in use, so its own settings matter too)."""
+        if self.turn_cap_mode not in ("step", "linear") or any(h < 1 for h in self.turn_caps):
+            raise ValueError(f"turn_cap_mode={self.turn_cap_mode!r} must be step or linear and "
+                             f"turn_caps={list(self.turn_caps)} positive")
+        if not set(self.generators) <= set(GENERATORS):
+            raise ValueError(f"generators={list(self.generators)} may hold only {GENERATORS}")
+        band = self.difficulty_band
+        if self.pilot_rollouts < 0 or len(band) != 2 or not 0 <= band[0] <= band[1] <= 1:
+            raise ValueError(f"pilot_rollouts={self.pilot_rollouts} must be >= 0 and difficulty_band="
+                             f"{list(band)} a [low, high] within [0, 1]")
+        if self.proposer.examples < 1 or self.proposer.samples < 1:
+            raise ValueError(f"proposer.examples={self.proposer.examples} and proposer.samples="
+                             f"{self.proposer.samples} must be >= 1")
+        if enabled and (self.initial_tasks < 1 or len(self.band) != 2
+                        or self.uniform + self.success_band + self.learning_progress <= 0):
+            raise ValueError(f"an enabled curriculum needs initial_tasks={self.initial_tasks} >= 1, band="
+                             f"{list(self.band)} a [low, high] and a positive weight among uniform={self.uniform}, "
+                             f"success_band={self.success_band} and learning_progress={self.learning_progress}")
 
 
 GENERATORS = ("procedural", "llm")

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from curricula.pool import PoolTask, task_key
-from rollout.env import get_env
+from rollout.envs import get_env
 from rollout.types import Task
 
 log = logging.getLogger(__name__)

@@ -25,7 +25,7 @@ from jinja2.sandbox import SandboxedEnvironment
 
 from curricula.pool import PoolTask
 from rollout.completion import CompletionClient
-from rollout.env import get_env
+from rollout.envs import get_env
 from rollout.types import Task
 
 log = logging.getLogger(__name__)

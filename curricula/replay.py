@@ -34,6 +34,12 @@ class ReplaySettings:
     reflection_splices: bool = False
     reflection_text: str = "Wait, that step was a mistake. Let me go back and do it right."
 
+    def check(self) -> None:
+        """Raise ValueError naming the fields of settings no replay buffer can run with."""
+        if self.ratio < 0 or not 0 <= self.min_confidence <= self.max_confidence <= 1 or self.capacity < 1:
+            raise ValueError(f"ratio={self.ratio} must be >= 0, 0 <= min_confidence={self.min_confidence} <= "
+                             f"max_confidence={self.max_confidence} <= 1 and capacity={self.capacity} >= 1")
+
 
 @dataclass
 class ReplayItem:

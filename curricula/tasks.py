@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import random
 
-from rollout.env import get_env
+from rollout.envs import get_env
 from rollout.types import Task
 
 

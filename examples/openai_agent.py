@@ -27,7 +27,7 @@ import uuid
 
 from openai import AsyncOpenAI
 
-from rollout.env import get_env
+from rollout.envs import get_env
 from rollout.types import ToolCall
 
 log = logging.getLogger("openai_agent")

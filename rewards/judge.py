@@ -76,6 +76,14 @@ class JudgeSettings:
     flag_turns: bool = False  # also ask which turns were mistakes, and mask them (see the module doc)
     cache_size: int = 100_000
 
+    def check(self) -> None:
+        """Raise ValueError naming the field of a value no judge can run with."""
+        if self.on_unparseable not in UNPARSEABLE_POLICIES:
+            raise ValueError(f"on_unparseable={self.on_unparseable!r} must be one of {UNPARSEABLE_POLICIES}")
+        if self.samples < 1 or self.score_max <= self.score_min:
+            raise ValueError(f"samples={self.samples} must be >= 1 and score_max={self.score_max} > "
+                             f"score_min={self.score_min}")
+
 
 def parse_score(answer: str, low: float, high: float) -> tuple[float | None, str]:
     """(the score scaled to [0, 1], "ok") or (None, why: empty | no_score | out_of_range | conflicting)."""

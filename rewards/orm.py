@@ -1,7 +1,7 @@
 """The outcome-supervised reward model (ORM): what it reads, how it scores, how it is judged.
 
 The ORM is a causal LM with a scalar head on the last token (`AutoModelForSequenceClassification`
-with one label), trained with binary cross-entropy against the verifier's outcome (`rl/orm_training.py`,
+with one label), trained with binary cross-entropy against the verifier's outcome (`rl/recipes/orm.py`,
 `turnrl orm train`). A scalar head rather than a generative YES/NO: one forward pass gives a
 calibrated P(success) (AUC and calibration come straight from it), and it needs no prompt format
 the small policy-sized model would have to learn; it is served by batching forward passes.

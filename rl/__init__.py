@@ -1,1 +1,1 @@
-"""Advantages, losses, the DeepSpeed learner, SFT, the training loop, checkpoints and the `turnrl` CLI."""
+"""Everything that trains or orchestrates: the config, the builders, the loop's parts and the commands."""

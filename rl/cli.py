@@ -1,4 +1,9 @@
-"""The `turnrl` command line: model init, SFT, training and evaluation, all on one Hydra config."""
+"""The `turnrl` command line: model init, SFT, training and evaluation, all on one Hydra config.
+
+Dispatch only: each command loads the config and hands its settings to one recipe (rl/recipes/).
+Commands import their recipe when run: torch, DeepSpeed and vLLM take seconds to import, and
+`--help` or `--print-config` needs none of them.
+"""
 
 from __future__ import annotations
 
@@ -67,27 +72,16 @@ def _setup_logging(log_file: Path | None = None) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-BUILTIN_ENVS = ("kbsearch", "craft")
-
-
 def cmd_model_init(cfg: TurnRLConfig) -> None:
-    from rl.tiny_model import TinyModelConfig, build_tiny_model
-    from rollout.demos import corpus_texts
-    # The tokenizer learns the built-in environments' text, and the configured environment's if it is
-    # another one (an adapter: env=twx), not every adapter's: their packages are optional.
-    envs = dict.fromkeys([*BUILTIN_ENVS, cfg.env.name])
-    texts = [text for env in envs for text in corpus_texts(env, num_tasks=1500, seed=cfg.model.seed)]
-    heads = max(1, cfg.model.hidden_size // 64)  # head_dim 64: supported by vLLM's CPU attention
-    shape = TinyModelConfig(vocab_size=cfg.model.vocab_size, hidden_size=cfg.model.hidden_size,
-                            num_hidden_layers=cfg.model.num_layers, num_attention_heads=heads,
-                            num_key_value_heads=max(1, heads // 2), intermediate_size=3 * cfg.model.hidden_size,
-                            seed=cfg.model.seed)
-    path = build_tiny_model(Path(cfg.model.base_path), texts, shape)
+    from rl.recipes.model_init import init_model
+
+    m = cfg.model
+    path = init_model(m.base_path, cfg.env.name, m.vocab_size, m.hidden_size, m.num_layers, m.seed)
     log.info("tiny model written to %s", path)
 
 
 def cmd_sft(cfg: TurnRLConfig) -> None:
-    from rl.sft import run_sft
+    from rl.recipes.sft import run_sft
 
     if not Path(cfg.model.base_path, "config.json").exists():
         raise SystemExit(f"no base model at {cfg.model.base_path}: run `turnrl model init` first")
@@ -99,7 +93,7 @@ def cmd_sft(cfg: TurnRLConfig) -> None:
 
 
 def cmd_train(cfg: TurnRLConfig) -> None:
-    from rl.train import train
+    from rl.recipes.train import train
 
     _require_model(cfg.model.path)
     summary = train(cfg)
@@ -108,29 +102,14 @@ def cmd_train(cfg: TurnRLConfig) -> None:
 
 
 def cmd_eval(cfg: TurnRLConfig) -> None:
-    from curricula.tasks import heldout_tasks
-    from rl.engines import make_rollout_worker
-    from rl.evaluate import evaluate
-    from rl.rollout_pool import LocalRollout
+    from rl.recipes.eval import evaluate_model
 
     _require_model(cfg.model.path)
-
-    async def run() -> None:
-        rollout = LocalRollout(make_rollout_worker(cfg))  # one engine in this process: no Ray needed
-        try:
-            tasks = heldout_tasks(cfg.env.name, cfg.env.eval_difficulties, cfg.env.eval_tasks_per_difficulty,
-                                  cfg.env.eval_seed_offset)
-            result, _ = await evaluate(rollout, tasks)
-        finally:
-            await rollout.shutdown()
-        _print_result({"model": cfg.model.path, "env": cfg.env.name, **result.metrics("eval/"),
-                       "finish_reasons": result.finish_reasons})
-
-    asyncio.run(run())
+    _print_result(asyncio.run(evaluate_model(cfg)))
 
 
 def cmd_orm_train(cfg: TurnRLConfig) -> None:
-    from rl.orm_training import train_orm
+    from rl.recipes.orm import train_orm
 
     metrics = train_orm(cfg.orm)
     if os.environ.get("RANK", "0") == "0":
@@ -138,33 +117,30 @@ def cmd_orm_train(cfg: TurnRLConfig) -> None:
 
 
 def cmd_orm_eval(cfg: TurnRLConfig) -> None:
-    from rl.orm_training import eval_orm
+    from rl.recipes.orm import eval_orm
+    from rl.report import write_orm_report
 
     report = eval_orm(cfg.orm)
     if cfg.orm.eval_plot:
-        from rl.report import write_orm_report
-
         write_orm_report(report, Path(cfg.orm.eval_plot))
         log.info("ORM evaluation drawn in %s", cfg.orm.eval_plot)
     _print_result(report)
 
 
-def writer_path(cfg: TurnRLConfig) -> str:
-    return cfg.curriculum.proposer.model_path or str(Path(cfg.cache_dir) / "models" / "tiny-task-writer")
-
-
 def cmd_proposer_train(cfg: TurnRLConfig) -> None:
-    from rl.proposer_training import train_writer
+    from rl.build import task_writer_path
+    from rl.recipes.task_writer import train_writer
 
     _require_model(cfg.model.path)
-    metrics = train_writer(cfg.model.path, writer_path(cfg), cfg.env.name, cfg.env.train_difficulties,
-                           cfg.env.eval_seed_offset, cfg.curriculum.proposer, cfg.train.seed)
-    _print_result({"task_writer": writer_path(cfg), **metrics})
+    path = task_writer_path(cfg)
+    metrics = train_writer(cfg.model.path, path, cfg.env.name, cfg.env.train_difficulties, cfg.env.eval_seed_offset,
+                           cfg.curriculum.proposer, cfg.train.seed)
+    _print_result({"task_writer": path, **metrics})
 
 
 def cmd_proposer_eval(cfg: TurnRLConfig) -> None:
-    from rl.engines import make_proposer
-    from rl.proposer_training import eval_proposer
+    from rl.build import make_proposer
+    from rl.recipes.task_writer import eval_proposer
 
     cfg.curriculum.generators = ["llm"]
     proposer = make_proposer(cfg)

@@ -7,8 +7,10 @@ in the schema, or a value of the wrong type, naming the key.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import re
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import TypeVar
 
 from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
@@ -16,9 +18,14 @@ from hydra.errors import HydraException
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from curricula.curriculum import GENERATORS, CurriculumSettings
+from curricula.curriculum import CurriculumSettings
 from curricula.replay import ReplaySettings
 from rewards.judge import JudgeSettings
+from rewards.orm import ORM_INPUTS
+from rl.algo.advantages import ADVANTAGE_ESTIMATORS
+from rl.learner.settings import LearnerSettings
+from rollout.agent_loop import EpisodeLimits
+from rollout.envs import get_env, registered_envs
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
@@ -58,7 +65,7 @@ class VLLMConfig:
 
 @dataclass
 class ProxyConfig:
-    # rollout.source=proxy (rl/proxy_source.py, rollout/proxy.py): the trainer serves an OpenAI-compatible
+    # rollout.source=proxy (rl/sources.py, rollout/proxy.py): the trainer serves an OpenAI-compatible
     # endpoint at http://<host>:<port>/v1 and trains on the episodes your own agent plays through it.
     host: str = "127.0.0.1"
     port: int = 0  # 0: a free port (logged, and passed to agent_command)
@@ -72,7 +79,10 @@ class ProxyConfig:
 
 
 @dataclass
-class RolloutConfig:
+class RolloutConfig(EpisodeLimits):
+    # The limits of one episode (max_turns, max_tokens_per_turn, max_total_tokens, max_consecutive_errors,
+    # tool_timeout_s, simulated_tool_latency_s, mask_error_turns) are the fields of EpisodeLimits
+    # (rollout/agent_loop.py), documented there.
     # Where training episodes come from: env (the built-in agent loop on env.name's tasks) | proxy (your
     # own agent through an OpenAI-compatible endpoint, rollout.proxy.*). Held-out evaluation uses env.name.
     source: str = "env"
@@ -80,17 +90,7 @@ class RolloutConfig:
     engine: str = "vllm"  # vllm | hf
     temperature: float = 1.0
     top_p: float = 1.0
-    max_turns: int = 8
-    max_tokens_per_turn: int = 64
-    max_total_tokens: int = 1024
-    max_consecutive_errors: int = 3
-    tool_timeout_s: float = 30.0
     tool_threads: int = 8
-    # Extra log-normal time (this mean, sigma 1) on every tool call, standing in for remote tools in
-    # benchmarks (tests/benchmarks/async_vs_sync.py); 0: none.
-    simulated_tool_latency_ms: float = 0.0
-    # Partial masking: a turn whose tool call failed stays in context but out of the loss.
-    mask_error_turns: bool = False
     max_engine_restarts: int = 3  # a vLLM engine whose process dies is restarted this many times per run
     vllm: VLLMConfig = field(default_factory=VLLMConfig)
     # Rollout workers (Ray actors, each one engine and many concurrent episodes) and their placement.
@@ -107,27 +107,15 @@ class RolloutConfig:
 
 
 @dataclass
-class AlgoConfig:
+class AlgoConfig(LearnerSettings):
+    # The learner's own keys (lr, weight_decay, grad_clip, clip_eps, kl_coef, loss_agg,
+    # loss_agg_norm_length, importance_weights, is_cap, micro_batch_size, micro_batch_tokens,
+    # pack_sequences, zero_stage) are the fields of LearnerSettings (rl/learner/settings.py).
     # The advantage estimator: grpo | dr_grpo (no division by the group std) | rloo | reinforce_pp
     # | ppo (GAE over a learned critic)
     name: str = "grpo"
     group_size: int = 8  # episodes per task (the GRPO group)
     tasks_per_step: int = 8
-    lr: float = 2e-4
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0
-    clip_eps: float = 0.2
-    kl_coef: float = 0.0  # > 0 adds a k3 KL penalty to a frozen reference (the starting policy)
-    # token-mean | seq-mean-token-mean | seq-mean-token-sum-norm (normalised by loss_agg_norm_length,
-    # 0: rollout.max_total_tokens)
-    loss_agg: str = "token-mean"
-    loss_agg_norm_length: int = 0
-    # Off-policy correction: none | token | sequence. Other than none, the learner recomputes the
-    # log-probs of the batch before its first update (the proximal policy), clips against them
-    # (decoupled PPO) and weights tokens by the truncated ratio proximal / behaviour (TIS), capped
-    # at is_cap, per token or per sequence.
-    importance_weights: str = "none"
-    is_cap: float = 2.0
     # Optimizer steps per rollout batch: the batch is shuffled and cut into this many mini-batches,
     # each one step (as PPO's mini-batches; steps after the first are off-policy and clipped).
     mini_batches: int = 1
@@ -138,12 +126,6 @@ class AlgoConfig:
     drop_uniform_groups: bool = False
     refill_uniform_groups: bool = False
     max_refill_factor: int = 2
-    micro_batch_size: int = 16
-    # Long-tailed episode lengths (rl/packing.py): > 0 cuts micro-batches by this many tokens instead
-    # of micro_batch_size rows; pack_sequences runs each micro-batch as one packed row (no padding).
-    micro_batch_tokens: int = 0
-    pack_sequences: bool = False
-    zero_stage: int = 2
     # PPO's critic (algo.name=ppo): a value model initialised from the policy's transformer.
     gamma: float = 1.0
     lam: float = 0.95
@@ -174,7 +156,7 @@ class RewardConfig:
     orm: float = 0.0
     judge: float = 0.0  # an LLM judge (judge.*)
     length_soft_tokens: int = 0  # 0: 3/4 of rollout.max_total_tokens (the penalty reaches -1 at the max)
-    # Terms holding a model (orm) run in their own Ray actor (rl/reward_worker.py) when Ray is on.
+    # Terms holding a model (orm) run in their own Ray actor (rl/cluster/reward_pool.py) when Ray is on.
     cpus_per_worker: float = 1.0
     timeout_s: float = 600.0  # deadline of one group's scoring
     max_worker_restarts: int = 3
@@ -322,19 +304,26 @@ def _explain(err: Exception) -> str:
 
 
 def validate(cfg: TurnRLConfig) -> None:
-    """Checks of values that types alone cannot express."""
-    from rollout.env import get_env, registered_envs
-
+    """Checks of values that types alone cannot express: each section's own rules live with the
+    settings class it extends (`check()`); the rules across sections live here."""
+    for key, check in [("algo", cfg.algo.check), ("replay", cfg.replay.check), ("judge", cfg.judge.check),
+                       ("curriculum", lambda: cfg.curriculum.check(cfg.curriculum.enabled))]:
+        try:
+            check()
+        except ValueError as err:
+            raise ConfigError(_prefixed(key, str(err))) from None
     if cfg.env.name not in registered_envs():
         raise ConfigError(f"env.name={cfg.env.name!r} is not a registered environment: {registered_envs()}")
-    if cfg.rollout.engine not in _ENGINES:
-        raise ConfigError(f"rollout.engine={cfg.rollout.engine!r} must be one of {_ENGINES}")
-    if cfg.rollout.source not in _SOURCES:
-        raise ConfigError(f"rollout.source={cfg.rollout.source!r} must be one of {_SOURCES}")
+    for name, value, allowed in [("rollout.engine", cfg.rollout.engine, _ENGINES),
+                                 ("rollout.source", cfg.rollout.source, _SOURCES),
+                                 ("rollout.weight_sync", cfg.rollout.weight_sync, _WEIGHT_SYNC_BACKENDS),
+                                 ("logger.wandb_mode", cfg.logger.wandb_mode, _WANDB_MODES),
+                                 ("algo.name", cfg.algo.name, (*ADVANTAGE_ESTIMATORS, "ppo")),
+                                 ("orm.input", cfg.orm.input, ORM_INPUTS)]:
+        if value not in allowed:
+            raise ConfigError(f"{name}={value!r} must be one of {allowed}")
     if cfg.rollout.source == "proxy" and cfg.curriculum.enabled:
         raise ConfigError("rollout.source=proxy trains on your agent's own tasks: set curriculum.enabled=false")
-    if cfg.rollout.weight_sync not in _WEIGHT_SYNC_BACKENDS:
-        raise ConfigError(f"rollout.weight_sync={cfg.rollout.weight_sync!r} must be one of {_WEIGHT_SYNC_BACKENDS}")
     for name, value, without_ray in [
         ("rollout.num_workers", cfg.rollout.num_workers, "without Ray the one rollout worker runs in the trainer"),
         ("train.learner_ranks", cfg.train.learner_ranks, "extra ranks are Ray actors; or launch them with torchrun"),
@@ -345,47 +334,16 @@ def validate(cfg: TurnRLConfig) -> None:
             raise ConfigError(f"{name}={value} needs ray.enabled=true ({without_ray})")
     _validate_rewards(cfg)
     c = cfg.curriculum
-    if c.turn_cap_mode not in ("step", "linear") or any(h < 1 for h in c.turn_caps):
-        raise ConfigError(f"curriculum.turn_cap_mode={c.turn_cap_mode!r} must be step or linear and "
-                          f"curriculum.turn_caps={list(c.turn_caps)} positive")
-    if not set(c.generators) <= set(GENERATORS):
-        raise ConfigError(f"curriculum.generators={list(c.generators)} may hold only {GENERATORS}")
-    env_cls = get_env(cfg.env.name)
-    if c.enabled and "llm" in c.generators and not hasattr(env_cls, "task_from_json"):
+    if c.enabled and "llm" in c.generators and not hasattr(get_env(cfg.env.name), "task_from_json"):
         raise ConfigError(f"curriculum.generators has llm, but environment {cfg.env.name!r} has no JSON form of its "
                           "tasks for a proposer to write (task_to_json/task_from_json, see curricula/proposer.py)")
-    band = c.difficulty_band
-    if c.pilot_rollouts < 0 or len(band) != 2 or not 0 <= band[0] <= band[1] <= 1:
-        raise ConfigError(f"curriculum.pilot_rollouts={c.pilot_rollouts} must be >= 0 and curriculum.difficulty_band="
-                          f"{list(c.difficulty_band)} a [low, high] within [0, 1]")
-    if c.proposer.examples < 1 or c.proposer.samples < 1:
-        raise ConfigError(f"curriculum.proposer.examples={c.proposer.examples} and curriculum.proposer.samples="
-                          f"{c.proposer.samples} must be >= 1")
-    if c.enabled and (c.initial_tasks < 1 or len(c.band) != 2 or c.uniform + c.success_band + c.learning_progress <= 0):
-        raise ConfigError("curriculum.enabled needs curriculum.initial_tasks >= 1, curriculum.band=[low, high] and a "
-                          "positive weight among curriculum.uniform/success_band/learning_progress")
     r = cfg.replay
-    if r.ratio < 0 or not 0 <= r.min_confidence <= r.max_confidence <= 1 or r.capacity < 1:
-        raise ConfigError(f"replay.ratio={r.ratio} must be >= 0, 0 <= replay.min_confidence={r.min_confidence} <= "
-                          f"replay.max_confidence={r.max_confidence} <= 1 and replay.capacity={r.capacity} >= 1")
     if r.ratio > 0 and cfg.algo.name == "ppo":
         raise ConfigError("replay.ratio > 0 needs a group-advantage estimator (grpo, dr_grpo, rloo, reinforce_pp): "
                           "a replayed episode keeps its advantage, which PPO's critic recomputes per token")
     if r.reflection_splices and (r.ratio <= 0 or cfg.rollout.source == "proxy"):
         raise ConfigError("replay.reflection_splices trains its splices as replayed episodes: it needs replay.ratio "
                           "> 0, and environments turnrl can replay (not rollout.source=proxy)")
-    if cfg.logger.wandb_mode not in _WANDB_MODES:
-        raise ConfigError(f"logger.wandb_mode={cfg.logger.wandb_mode!r} must be one of {_WANDB_MODES}")
-    from rl.advantages import ADVANTAGE_ESTIMATORS
-    from rl.losses import IMPORTANCE_WEIGHT_LEVELS, LOSS_AGGREGATIONS
-
-    for name, value, allowed in [("algo.name", cfg.algo.name, (*ADVANTAGE_ESTIMATORS, "ppo")),
-                                 ("algo.loss_agg", cfg.algo.loss_agg, LOSS_AGGREGATIONS),
-                                 ("algo.importance_weights", cfg.algo.importance_weights, IMPORTANCE_WEIGHT_LEVELS)]:
-        if value not in allowed:
-            raise ConfigError(f"{name}={value!r} must be one of {allowed}")
-    if cfg.algo.is_cap < 1:
-        raise ConfigError(f"algo.is_cap={cfg.algo.is_cap} must be >= 1 (it truncates importance weights from above)")
     if cfg.algo.group_size < 2 and cfg.algo.name != "ppo":
         raise ConfigError(f"algo.group_size={cfg.algo.group_size} must be >= 2 for group-normalised advantages")
     if cfg.rollout.temperature <= 0:
@@ -407,11 +365,11 @@ def validate(cfg: TurnRLConfig) -> None:
     if cfg.algo.mini_batches > episodes:
         raise ConfigError(f"algo.mini_batches={cfg.algo.mini_batches} exceeds the {episodes} episodes of a step "
                           "(algo.tasks_per_step * algo.group_size)")
-    if cfg.algo.micro_batch_tokens < 0:
-        raise ConfigError(f"algo.micro_batch_tokens={cfg.algo.micro_batch_tokens} must be >= 0 (0: micro-batches "
-                          "of algo.micro_batch_size sequences)")
-    if cfg.algo.zero_stage not in (0, 1, 2, 3):
-        raise ConfigError(f"algo.zero_stage={cfg.algo.zero_stage} must be 0, 1, 2 or 3")
+
+
+def _prefixed(section: str, message: str) -> str:
+    """A settings class's message (`field=value must ...`) with its fields named as config keys."""
+    return re.sub(r"(?<![\w.])([a-z_]+(?:\.[a-z_]+)*)=", lambda m: f"{section}.{m.group(1)}=", message, count=0)
 
 
 REWARD_TERMS = ("verifier", "format", "length", "orm", "judge")  # the weight fields of RewardConfig
@@ -423,22 +381,21 @@ def reward_terms(cfg: TurnRLConfig) -> dict[str, float]:
 
 
 def _validate_rewards(cfg: TurnRLConfig) -> None:
-    from rewards.judge import UNPARSEABLE_POLICIES
-    from rewards.orm import ORM_INPUTS
-
     if not reward_terms(cfg):
         raise ConfigError("every reward term has weight 0: set e.g. reward.verifier=1.0 or reward.orm=1.0")
     j = cfg.judge
     if cfg.reward.judge and not (j.base_url or j.model_path):
         raise ConfigError(f"reward.judge={cfg.reward.judge} needs judge.base_url (an OpenAI-compatible endpoint) or "
                           "judge.model_path (a model for a local engine)")
-    if j.on_unparseable not in UNPARSEABLE_POLICIES:
-        raise ConfigError(f"judge.on_unparseable={j.on_unparseable!r} must be one of {UNPARSEABLE_POLICIES}")
-    if j.samples < 1 or j.score_max <= j.score_min:
-        raise ConfigError(f"judge.samples={j.samples} must be >= 1 and judge.score_max={j.score_max} > "
-                          f"judge.score_min={j.score_min}")
-    if cfg.orm.input not in ORM_INPUTS:
-        raise ConfigError(f"orm.input={cfg.orm.input!r} must be one of {ORM_INPUTS}")
+
+
+Settings = TypeVar("Settings")
+
+
+def narrow(settings_cls: type[Settings], section) -> Settings:
+    """The fields of `settings_cls` that a config section extending it holds, as that class: what an
+    owner gets instead of the whole section (e.g. `narrow(EpisodeLimits, cfg.rollout)`)."""
+    return settings_cls(**{f.name: getattr(section, f.name) for f in fields(settings_cls)})
 
 
 def to_yaml(cfg: TurnRLConfig) -> str:

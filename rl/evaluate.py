@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 
@@ -46,7 +45,7 @@ def summarize(trajectories: list[Trajectory]) -> EvalResult:
 async def evaluate(rollout, tasks: list[Task], desc: str = "eval",
                    slice_size: int = 8) -> tuple[EvalResult, list[Trajectory]]:
     """Greedy episodes on every held-out task, in slices spread over the rollout workers
-    (`rl.rollout_pool`); results in the order of `tasks`."""
+    (`rl.cluster.rollout_pool`); results in the order of `tasks`."""
     greedy = SamplingConfig(temperature=0.0)
 
     async def one_slice(start: int) -> list[Trajectory]:
@@ -58,30 +57,3 @@ async def evaluate(rollout, tasks: list[Task], desc: str = "eval",
         slices = await asyncio.gather(*(one_slice(i) for i in range(0, len(tasks), slice_size)))
     trajs = [t for s in slices for t in s]
     return summarize(trajs), trajs
-
-
-def held_out_outcomes(records: list[dict], step: int) -> dict[str, bool]:
-    """Task id -> success of the held-out evaluation at `step` in a run's trajectory records
-    (`rollout.store.read_trajectories`; step 0 is the starting policy)."""
-    return {r["task"]["id"]: bool(r["success"]) for r in records if r["source"] == "eval" and r["step"] == step}
-
-
-def pooled_held_out_outcomes(records_by_seed: dict[int, list[dict]], step: int) -> dict[str, bool]:
-    """"seed/task id" -> success of each seed's run at `step` (`held_out_outcomes`): repeated runs
-    on the same held-out tasks, pooled so that two arms are compared over every (seed, task)."""
-    return {f"{seed}/{task}": ok for seed, records in records_by_seed.items()
-            for task, ok in held_out_outcomes(records, step).items()}
-
-
-def compare_paired(a: dict[str, bool], b: dict[str, bool]) -> dict[str, float]:
-    """Two evaluations on the same tasks, task by task: how many only `a` solved, how many only `b`,
-    and McNemar's exact two-sided p-value (a binomial test at 1/2 of those two counts). Paired, a
-    gain of a few points can be significant where the two success rates' standard errors overlap."""
-    if a.keys() != b.keys():
-        raise ValueError(f"paired evaluations need the same tasks ({len(a)} and {len(b)} tasks, "
-                         f"{len(a.keys() ^ b.keys())} in only one)")
-    only_a = sum(a[t] and not b[t] for t in a)
-    only_b = sum(b[t] and not a[t] for t in a)
-    n = only_a + only_b
-    p = min(1.0, 2 * sum(math.comb(n, i) for i in range(min(only_a, only_b) + 1)) / 2**n) if n else 1.0
-    return {"tasks": len(a), "solved_only_by_a": only_a, "solved_only_by_b": only_b, "mcnemar_p": p}

@@ -11,16 +11,16 @@ import logging
 import math
 import netrc
 import os
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
+from rl.buffer import BufferStats, ScoredGroup
+from rl.evaluate import EvalResult
 from rollout.types import Trajectory
-
-if TYPE_CHECKING:
-    from rl.rollout_pool import RolloutStats
+from rollout.worker import RolloutStats
 
 log = logging.getLogger(__name__)
 
@@ -146,3 +146,65 @@ def history_mean(history: list[dict], key: str) -> float:
     """The mean of `key` over the logged rows that have it (0 if none)."""
     values = [row[key] for row in history if row.get(key) is not None]
     return sum(values) / len(values) if values else 0.0
+
+
+@dataclass
+class StepTimes:
+    """Where one training step's seconds went (perf/ metrics)."""
+
+    wait_s: float  # waiting for the step's scored groups
+    train_s: float  # the learner's update
+    sync_s: float  # the weights' way to the rollout workers
+    step_s: float  # the whole step
+
+
+def step_metrics(groups: list[ScoredGroup], train_metrics: dict[str, float], buffer: BufferStats,
+                 workers: RolloutStats, times: StepTimes) -> dict[str, float]:
+    """The metrics of one training step: its episodes, rewards, the update, staleness, faults, speed."""
+    trajs = [t for g in groups for t in g.trajectories]
+    return {
+        **rollout_metrics(trajs),
+        **{f"reward/{k}": v for k, v in mean_by_key([g.reward_metrics for g in groups]).items()},
+        **train_metrics,
+        "rollout/staleness_mean": sum(buffer.staleness) / len(buffer.staleness),
+        "rollout/staleness_max": max(buffer.staleness),
+        "rollout/groups_in_flight": buffer.in_flight,
+        "rollout/groups_ready": buffer.ready,
+        "rollout/groups_dropped_stale": buffer.dropped_stale,
+        "rollout/groups_filtered_uniform": buffer.filtered_uniform,
+        "rollout/engine_restarts": workers.engine_restarts,
+        "rollout/worker_restarts": workers.worker_restarts,
+        "rollout/requeued_calls": workers.requeued_calls,
+        "perf/wait_s": times.wait_s,
+        "perf/train_s": times.train_s,
+        "perf/weight_sync_s": times.sync_s,
+        "perf/step_s": times.step_s,
+        "perf/gen_tokens_per_s": sum(t.num_generated_tokens for t in trajs) / times.step_s,
+    }
+
+
+def run_summary(sft: EvalResult, final: EvalResult, steps: int, max_staleness: int, learner_ranks: int,
+                buffer: BufferStats, workers: RolloutStats, history: list[dict], wall_s: float,
+                final_model: Path, curriculum: dict | None = None) -> dict:
+    """summary.json: held-out success before and after RL, and the run's accounting."""
+    return {
+        "eval/success_sft": sft.success,
+        "eval/success_final": final.success,
+        "eval/success_gain": final.success - sft.success,
+        "eval/success_sft_by_difficulty": sft.success_by_difficulty,
+        "eval/success_final_by_difficulty": final.success_by_difficulty,
+        "eval/num_tasks": final.num_tasks,
+        "train/steps": steps,
+        "train/max_staleness": max_staleness,
+        "train/learner_ranks": learner_ranks,
+        # Every group started is trained, dropped as stale, filtered as uniform, abandoned when the
+        # run ended, or left ready.
+        "rollout/groups": {"started": buffer.started, "trained": buffer.trained,
+                           "dropped_stale": buffer.dropped_stale, "filtered_uniform": buffer.filtered_uniform,
+                           "abandoned": buffer.abandoned, "ready_at_end": buffer.ready},
+        "rollout/workers": workers_summary(workers),
+        **({"curriculum": curriculum} if curriculum is not None else {}),
+        "perf/wall_s": wall_s,
+        "perf/mean_weight_sync_s": history_mean(history, "perf/weight_sync_s"),
+        "final_model": str(final_model),
+    }

@@ -39,7 +39,7 @@ def write_report(history: list[dict], success_sft: float, success_final: float, 
 
 
 def write_orm_report(report: dict, path: Path) -> None:
-    """From `rl.orm_training.eval_orm`'s report: is P(success) calibrated, and does the ORM beat
+    """From `rl.recipes.orm.eval_orm`'s report: is P(success) calibrated, and does the ORM beat
     always answering the majority outcome as the policy moves."""
     fig, (ax_cal, ax_step) = plt.subplots(1, 2, figsize=(11, 4))
     points = report["reliability"]

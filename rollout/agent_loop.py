@@ -19,7 +19,7 @@ from functools import partial
 
 from rollout.chat import ChatFormat, parse_action
 from rollout.engines.base import Engine, SamplingConfig
-from rollout.env import get_env
+from rollout.envs import get_env
 from rollout.types import FinishReason, StepResult, Task, Trajectory, Turn
 
 log = logging.getLogger(__name__)

@@ -11,6 +11,8 @@ import asyncio
 import os
 from typing import Protocol
 
+from rollout.engines.base import SamplingConfig
+
 
 class CompletionClient(Protocol):
     async def complete(self, prompt: str, n: int, temperature: float, max_tokens: int) -> list[str]: ...
@@ -41,8 +43,6 @@ class EngineCompletion:
         self.engine, self.tokenizer = engine, tokenizer
 
     async def complete(self, prompt: str, n: int, temperature: float, max_tokens: int) -> list[str]:
-        from rollout.engines.base import SamplingConfig
-
         ids = chat_prompt_ids(self.tokenizer, prompt)
         sampling = SamplingConfig(temperature=temperature, max_tokens=max_tokens,
                                   stop_token_ids=[self.tokenizer.eos_token_id])

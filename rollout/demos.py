@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from rollout.agent_loop import EpisodeLimits, run_episode
 from rollout.chat import ChatFormat, format_tool_call
 from rollout.engines.base import Generation, SamplingConfig
-from rollout.env import get_env
+from rollout.envs import get_env
 from rollout.types import Task, Trajectory
 
 

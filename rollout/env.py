@@ -1,4 +1,4 @@
-"""The environment API: a tiny protocol and a registry by name.
+"""The environment API: a tiny protocol and the registry it is added to by name (`rollout.envs.get_env` looks it up).
 
 An environment is a class with this shape (no base class to inherit):
 
@@ -52,33 +52,18 @@ class UnknownEnvError(KeyError):
     pass
 
 
-_ENVS: dict[str, type] = {}
+# Name -> environment class; `register_env` adds to it, `rollout.envs.get_env` reads it.
+ENV_REGISTRY: dict[str, type] = {}
 
 
 def register_env(name: str) -> Callable[[type], type]:
     """Class decorator that makes an environment available by `name` (in configs: `env.name`)."""
 
     def wrap(cls: type) -> type:
-        if name in _ENVS and _ENVS[name] is not cls:
-            raise ValueError(f"environment {name!r} is already registered by {_ENVS[name].__qualname__}")
-        _ENVS[name] = cls
+        if name in ENV_REGISTRY and ENV_REGISTRY[name] is not cls:
+            raise ValueError(f"environment {name!r} is already registered by {ENV_REGISTRY[name].__qualname__}")
+        ENV_REGISTRY[name] = cls
         cls.name = name
         return cls
 
     return wrap
-
-
-def get_env(name: str) -> type:
-    """The environment class registered under `name`."""
-    import rollout.envs  # noqa: F401  (registers the built-in environments)
-
-    try:
-        return _ENVS[name]
-    except KeyError:
-        raise UnknownEnvError(f"unknown environment {name!r}; registered: {sorted(_ENVS)}") from None
-
-
-def registered_envs() -> list[str]:
-    import rollout.envs  # noqa: F401
-
-    return sorted(_ENVS)

@@ -11,6 +11,7 @@ import random
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from rollout.calculator import CalculatorError, calculate, format_number
 from rollout.types import StepResult, ToolCall, ToolSpec
 
 MAX_ARG_CHARS = 200
@@ -113,8 +114,6 @@ def _short(value: Any, limit: int = 40) -> str:
 
 def calculator_tool(expression: str) -> StepResult:
     """The `calculate` tool shared by environments: the safe evaluator's result, or an error observation."""
-    from rollout.calculator import CalculatorError, calculate, format_number
-
     try:
         return StepResult(format_number(calculate(expression)))
     except CalculatorError as err:

@@ -1,8 +1,9 @@
-"""One rollout worker: an inference engine and the episodes that run on it.
+"""The rollout contract and its one in-process implementation.
 
-The trainer talks to rollout through this interface whether the worker lives in its own process
-(a Ray actor, `rl/rollout_pool.py`) or in the trainer's process (`ray.enabled=false`, for
-debugging): run a batch of episodes, take new weights, shut down.
+`Rollout` is everything the trainer asks of rollout: run a batch of episodes, make one raw engine
+call (the proxy's), take new weights, report its stats, shut down. `RolloutWorker` (one inference
+engine and the episodes that run on it) is a Rollout; so is the pool of such workers as Ray
+actors (`rl/cluster/rollout_pool.py`), which the trainer uses unless `ray.enabled=false`.
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ import os
 import socket
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
+from typing import Protocol
 
 import torch
 
@@ -31,6 +33,28 @@ class WorkerInfo:
     node_id: str  # Ray's node id ("" in-process)
     version: int
     engine_restarts: int
+
+
+@dataclass
+class RolloutStats:
+    """Restarts and re-queued calls so far, and where the workers run."""
+
+    engine_restarts: int = 0  # inference engines restarted inside their worker (vLLM's engine core died)
+    worker_restarts: int = 0  # whole workers replaced
+    requeued_calls: int = 0  # calls (groups, eval slices) run again because their worker died
+    workers: list[WorkerInfo] = field(default_factory=list)
+
+
+class Rollout(Protocol):
+    """What the trainer generates with (a `RolloutWorker`, or a pool of them as Ray actors)."""
+
+    async def run_episodes(self, tasks: Sequence[Task], sampling: SamplingConfig,
+                           group_ids: Sequence[str] | None = None, max_turns: int | None = None
+                           ) -> list[Trajectory]: ...
+    async def generate(self, prompt_ids: list[int], sampling: SamplingConfig) -> Generation: ...
+    async def update_weights(self, state_dict: dict[str, torch.Tensor], version: int) -> None: ...
+    def stats(self) -> RolloutStats: ...
+    async def shutdown(self) -> None: ...
 
 
 class RolloutWorker:
@@ -63,6 +87,10 @@ class RolloutWorker:
     def info(self) -> WorkerInfo:
         return WorkerInfo(self.index, os.getpid(), socket.gethostname(), self.node_id, self.engine.version,
                           getattr(self.engine, "restarts", 0))
+
+    def stats(self) -> RolloutStats:
+        info = self.info()
+        return RolloutStats(engine_restarts=info.engine_restarts, workers=[info])
 
     async def shutdown(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)

@@ -15,7 +15,7 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A random-weight tiny Qwen2 model whose tokenizer is trained on both built-in environments."""
-    from rl.tiny_model import TinyModelConfig, build_tiny_model
+    from rl.recipes.model_init import TinyModelConfig, build_tiny_model
     from rollout.demos import corpus_texts
 
     texts = [t for env in ("kbsearch", "craft") for t in corpus_texts(env, num_tasks=60)]

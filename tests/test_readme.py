@@ -8,7 +8,7 @@ from rollout.agent_loop import EpisodeLimits, run_episode
 from rollout.chat import ChatFormat, format_tool_call
 from rollout.demos import ScriptedEngine
 from rollout.engines.base import SamplingConfig
-from rollout.env import get_env
+from rollout.envs import get_env
 from rollout.types import FinishReason, ToolCall
 
 README = Path(__file__).resolve().parent.parent / "README.md"

@@ -2,7 +2,7 @@
 
     python tests/benchmarks/async_vs_sync.py [--steps 20] [--staleness 0 2 4] [OVERRIDE ...]
 
-Every tool call sleeps for a log-normal time (`rollout.simulated_tool_latency_ms`: mean
+Every tool call sleeps for a log-normal time (`rollout.simulated_tool_latency_s`: mean
 $TURNRL_BENCH_LATENCY_MS, default 200 ms; sigma 1: a long tail), so episodes take very different
 times, as agentic rollouts with real tools do. Training runs generate in the Ray rollout workers
 (`rollout.num_workers`, 1 unless overridden), as `turnrl train` does. Part 1 trains the same
@@ -31,7 +31,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 RESULTS = Path(__file__).resolve().parent / "results" / "async_vs_sync.json"
 LATENCY_MS = float(os.environ.get("TURNRL_BENCH_LATENCY_MS", "200"))
 # Every tool call takes a log-normal extra time (sigma 1) with this mean: long-tailed episodes.
-COMMON = ["env.name=kbsearch", f"rollout.simulated_tool_latency_ms={LATENCY_MS}", "rollout.tool_threads=256"]
+COMMON = ["env.name=kbsearch", f"rollout.simulated_tool_latency_s={LATENCY_MS / 1000}", "rollout.tool_threads=256"]
 
 
 def ensure_sft_model() -> str:
@@ -47,7 +47,7 @@ def ensure_sft_model() -> str:
 
 def train_run(model: str, staleness: int, steps: int, out_dir: Path, extra: list[str]) -> dict:
     from rl.config import load_config
-    from rl.train import train
+    from rl.recipes.train import train
 
     cfg = load_config([f"model.path={model}", *COMMON, f"train.steps={steps}",
                        f"train.max_staleness={staleness}", f"train.out_dir={out_dir}", "logger.wandb_mode=disabled",
@@ -106,15 +106,15 @@ async def rollout_modes(model: str, episodes: int) -> list[dict]:
     from transformers import AutoTokenizer
 
     from curricula.tasks import UniformTaskSampler
+    from rl.build import engine_spec, episode_limits
     from rl.config import load_config
-    from rl.engines import episode_limits, make_engine
     from rollout.agent_loop import run_episode
     from rollout.chat import ChatFormat
     from rollout.engines.base import SamplingConfig
-    from rollout.env import get_env
+    from rollout.envs import get_env
 
     cfg = load_config([f"model.path={model}", *COMMON])
-    engine = make_engine(cfg, model)
+    engine = engine_spec(cfg, model).build()
     chat = ChatFormat(AutoTokenizer.from_pretrained(model), get_env("kbsearch").tools)
     tasks = UniformTaskSampler("kbsearch", [1, 2, 3], 0, seed_limit=10_000_000).sample(episodes)
     executor = ThreadPoolExecutor(256)

@@ -36,8 +36,8 @@ import sys
 from pathlib import Path
 
 from logged_run import turnrl_recorded  # tests/benchmarks/, beside this script
+from paired import compare_paired, pooled_held_out_outcomes  # tests/benchmarks/, beside this script
 
-from rl.evaluate import compare_paired, pooled_held_out_outcomes
 from rollout.store import read_trajectories
 
 RESULTS = Path(__file__).resolve().parent / "results" / "curriculum_ablation.json"

@@ -1,5 +1,5 @@
 """Learner throughput on long-tailed episode lengths: padded row micro-batches against token-budget
-micro-batches and sequence packing (rl/packing.py), side by side on the same batch.
+micro-batches and sequence packing (rl/algo/packing.py), side by side on the same batch.
 
     python tests/benchmarks/learner_packing.py [--size 256x4] [--sequences 64] [--repeats 3] [--dtype bfloat16]
 
@@ -35,7 +35,7 @@ MODES = {
 def long_tailed_batch(n: int, vocab: int, seed: int = 0):
     import torch
 
-    from rl.learner import TrainBatch
+    from rl.learner.learner import TrainBatch
 
     rng = random.Random(seed)
     lengths = [min(1024, max(16, int(rng.lognormvariate(5.3, 0.8)))) for _ in range(n)]
@@ -60,8 +60,8 @@ def main() -> None:
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    from rl.learner import Learner, LearnerConfig
-    from rl.packing import micro_batches
+    from rl.algo.packing import micro_batches
+    from rl.learner.learner import Learner, LearnerConfig
 
     hidden, layers = (int(x) for x in args.size.split("x"))
     model_dir = Path(tempfile.mkdtemp()) / f"qwen2-{args.size}"

@@ -28,16 +28,16 @@ async def measure(kind: str, model: str, episodes: int, max_turns: int) -> dict:
     from transformers import AutoTokenizer
 
     from curricula.tasks import heldout_tasks
+    from rl.build import engine_spec, episode_limits
     from rl.config import load_config
-    from rl.engines import episode_limits, make_engine
     from rollout.agent_loop import run_episodes
     from rollout.chat import ChatFormat
     from rollout.engines.base import SamplingConfig
-    from rollout.env import get_env
+    from rollout.envs import get_env
 
     cfg = load_config([f"rollout.max_turns={max_turns}"])
     t0 = time.perf_counter()
-    engine = make_engine(cfg, model, kind=kind)
+    engine = engine_spec(cfg, model, kind=kind).build()
     startup = time.perf_counter() - t0
     chat = ChatFormat(AutoTokenizer.from_pretrained(model), get_env("kbsearch").tools)
     per = max(1, episodes // 3)
@@ -61,7 +61,7 @@ def default_model() -> str:
     sft = Path(load_config().model.path)
     if (sft / "config.json").exists():
         return str(sft)
-    from rl.tiny_model import TinyModelConfig, build_tiny_model
+    from rl.recipes.model_init import TinyModelConfig, build_tiny_model
     from rollout.demos import corpus_texts
 
     out = Path(tempfile.mkdtemp()) / "tiny-base"

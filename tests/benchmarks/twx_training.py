@@ -27,8 +27,8 @@ from argparse import ArgumentParser, RawDescriptionHelpFormatter
 from pathlib import Path
 
 from logged_run import run_logged  # tests/benchmarks/, beside this script
+from paired import compare_paired, held_out_outcomes  # tests/benchmarks/, beside this script
 
-from rl.evaluate import compare_paired, held_out_outcomes
 from rollout.store import read_trajectories
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -145,7 +145,7 @@ def run_trl(env: str, sft: str, out: Path, steps: int, every: int, runs: Path) -
 def trl_env_class(env_name: str) -> type:
     """A TRL environment (`environment_factory`) around a turnrl environment: one method per tool,
     with the tool's name, arguments and description, so TRL renders turnrl's prompt exactly."""
-    from rollout.env import get_env
+    from rollout.envs import get_env
     from rollout.types import Task, ToolCall
 
     env_cls = get_env(env_name)
@@ -181,7 +181,7 @@ def trl_worker(spec: dict) -> None:
     from curricula.tasks import UniformTaskSampler
     from rl.config import load_config
     from rollout.chat import ChatFormat
-    from rollout.env import get_env
+    from rollout.envs import get_env
 
     os.environ["TRL_EXPERIMENTAL_SILENCE"] = "1"
     cfg = load_config([*ENVS[spec["env"]]["overrides"], *RL, f"model.path={spec['sft']}"])
@@ -258,10 +258,9 @@ def evaluate_all(env: str, sft: str, paths: list[str], per_difficulty: int) -> l
     from transformers import AutoModelForCausalLM
 
     from curricula.tasks import heldout_tasks
+    from rl.build import make_rollout_worker
     from rl.config import load_config
-    from rl.engines import make_rollout_worker
     from rl.evaluate import evaluate
-    from rl.rollout_pool import LocalRollout
 
     cfg = load_config([*ENVS[env]["overrides"], *RL, f"model.path={sft}",
                        f"env.eval_tasks_per_difficulty={per_difficulty}"])
@@ -269,7 +268,7 @@ def evaluate_all(env: str, sft: str, paths: list[str], per_difficulty: int) -> l
                           cfg.env.eval_seed_offset)
 
     async def run() -> list[dict]:
-        rollout = LocalRollout(make_rollout_worker(cfg))
+        rollout = make_rollout_worker(cfg)
         results = []
         try:
             for version, path in enumerate(paths):

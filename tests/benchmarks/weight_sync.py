@@ -31,7 +31,7 @@ RESULTS = Path(__file__).resolve().parent / "results" / "weight_sync.json"
 
 
 def build(hidden: int, layers: int, root: Path) -> Path:
-    from rl.tiny_model import TinyModelConfig, build_tiny_model
+    from rl.recipes.model_init import TinyModelConfig, build_tiny_model
     from rollout.demos import corpus_texts
 
     heads = max(1, hidden // 64)
@@ -41,12 +41,12 @@ def build(hidden: int, layers: int, root: Path) -> Path:
 
 
 async def pool_sync_seconds(model_dir: Path, state: dict, backend: str, workers: int, repeats: int) -> float:
+    from rl.build import start_rollout
     from rl.config import load_config
-    from rl.rollout_pool import RolloutPool
 
     cfg = load_config(["rollout=hf", f"model.path={model_dir}", f"rollout.num_workers={workers}",
                        f"rollout.weight_sync={backend}", "rollout.cpus_per_worker=0"])
-    pool = await RolloutPool.start(cfg)
+    pool = await start_rollout(cfg)
     try:
         await pool.update_weights(state, version=1)  # forms the broadcast group; not timed
         return await median_seconds(lambda i: pool.update_weights(state, version=2 + i), repeats)
@@ -68,8 +68,8 @@ async def measure(model_dir: Path, workers: int, repeats: int) -> dict:
     import torch
     from transformers import AutoModelForCausalLM
 
+    from rl.build import engine_spec
     from rl.config import load_config
-    from rl.engines import make_engine
 
     state = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).state_dict()
     megabytes = sum(t.numel() * t.element_size() for t in state.values()) / 2**20
@@ -78,7 +78,7 @@ async def measure(model_dir: Path, workers: int, repeats: int) -> dict:
         {k: v.clone() for k, v in state.items()}
 
     copy_s = await median_seconds(plain_copy, repeats)
-    engine = make_engine(load_config(), str(model_dir), kind="vllm")
+    engine = engine_spec(load_config(), str(model_dir), kind="vllm").build()
     try:
         vllm_s = await median_seconds(lambda i: engine.update_weights(state, version=1 + i), repeats)
     finally:

@@ -7,7 +7,7 @@ import random
 from curricula.curriculum import Curriculum, CurriculumSettings
 from curricula.generate import feasible, filter_new_tasks, in_difficulty_band, procedural_variants
 from curricula.pool import PoolTask, TaskPool
-from rollout.env import get_env
+from rollout.envs import get_env
 from rollout.types import Task
 
 

@@ -11,7 +11,7 @@ import pytest
 from curricula.curriculum import Curriculum, CurriculumSettings
 from curricula.pool import PoolTask, TaskPool
 from curricula.proposer import LLMProposer, MalformedProposal, ProposerSettings, parse_proposal
-from rollout.env import get_env
+from rollout.envs import get_env
 from rollout.envs.kbsearch import build
 
 KB = get_env("kbsearch")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from rl.weight_sync import free_port
+from rl.cluster.ray_env import free_port
 
 pytestmark = pytest.mark.slow
 

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from rewards.judge import JudgeReward, JudgeSettings, Rubric
-from rl.weight_sync import free_port
+from rl.cluster.ray_env import free_port
 from rollout.completion import HTTPCompletion
 from rollout.types import Task
 

@@ -89,7 +89,7 @@ def test_more_than_one_rollout_worker_or_learner_rank_needs_ray():
 
 
 def test_every_reward_weight_has_a_builder():
+    from rl.build import REWARD_TERM_BUILDERS
     from rl.config import REWARD_TERMS
-    from rl.engines import REWARD_TERM_BUILDERS
 
     assert set(REWARD_TERMS) == set(REWARD_TERM_BUILDERS)

@@ -10,7 +10,8 @@ from rollout.agent_loop import EpisodeLimits, run_episode, run_episodes
 from rollout.chat import ChatFormat, format_tool_call
 from rollout.demos import ScriptedEngine
 from rollout.engines.base import Generation, SamplingConfig
-from rollout.env import get_env, register_env
+from rollout.env import register_env
+from rollout.envs import get_env
 from rollout.types import FinishReason, StepResult, Task, ToolCall, ToolSpec
 
 
@@ -204,7 +205,7 @@ def test_failed_tool_calls_stay_in_context_but_leave_the_loss_when_masked(tiny_t
 
 
 def test_masked_turns_contribute_nothing_to_the_loss_gradient():
-    from rl.losses import policy_loss
+    from rl.algo.losses import policy_loss
 
     logprobs = torch.tensor([[-1.0, -2.0, -0.5, -1.5]], requires_grad=True)
     mask = torch.tensor([[1.0, 0.0, 0.0, 1.0]])  # positions 1-2: a masked turn

@@ -2,7 +2,7 @@ import pytest
 
 from rollout.chat import ChatFormat, ChatTemplateError, format_tool_call, parse_action
 from rollout.demos import expert_trajectory
-from rollout.env import get_env
+from rollout.envs import get_env
 from rollout.types import ToolCall
 
 

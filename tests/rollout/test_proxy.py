@@ -9,7 +9,7 @@ from openai import AsyncOpenAI, BadRequestError
 
 from rollout.chat import ChatFormat, format_tool_call
 from rollout.demos import ScriptedEngine
-from rollout.env import get_env
+from rollout.envs import get_env
 from rollout.proxy import ProxyServer, ProxySettings
 from rollout.types import ToolCall
 

@@ -22,7 +22,7 @@ PROMPT = [1, 40, 41, 42, 43]
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    from rl.tiny_model import TinyModelConfig, build_tiny_model
+    from rl.recipes.model_init import TinyModelConfig, build_tiny_model
 
     cfg = TinyModelConfig(vocab_size=512, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
                           num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=512)

@@ -26,7 +26,7 @@ LOGPROB_TOL = 1e-3  # float32 on both sides; vLLM's kernels differ from torch's 
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory, perturbed):
-    from rl.tiny_model import TinyModelConfig, build_tiny_model
+    from rl.recipes.model_init import TinyModelConfig, build_tiny_model
 
     cfg = TinyModelConfig(vocab_size=512, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
                           num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=512)

@@ -4,7 +4,8 @@ import statistics
 
 import pytest
 
-from rollout.env import Env, get_env
+from rollout.env import Env
+from rollout.envs import get_env
 from rollout.envs.craft import SHAPES, CraftEnv, build, expert_turns
 from rollout.types import ToolCall
 

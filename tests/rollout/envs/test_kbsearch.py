@@ -5,7 +5,8 @@ import random
 import pytest
 
 from curricula.generate import feasible
-from rollout.env import Env, get_env
+from rollout.env import Env
+from rollout.envs import get_env
 from rollout.envs.kbsearch import BadQuestion, KBSearchEnv, build, chain_variants
 from rollout.types import ToolCall
 

@@ -10,7 +10,8 @@ from rollout.agent_loop import EpisodeLimits, run_episode  # noqa: E402
 from rollout.chat import ChatFormat, format_tool_call  # noqa: E402
 from rollout.demos import ScriptedEngine  # noqa: E402
 from rollout.engines.base import SamplingConfig  # noqa: E402
-from rollout.env import Env, get_env  # noqa: E402
+from rollout.env import Env  # noqa: E402
+from rollout.envs import get_env  # noqa: E402
 from rollout.envs.extras import MissingExtraError  # noqa: E402
 from rollout.envs.skyrl import (  # noqa: E402
     SkyRLGSM8KEnv,

@@ -10,8 +10,11 @@ from rollout.agent_loop import EpisodeLimits, run_episode  # noqa: E402
 from rollout.chat import ChatFormat, format_tool_call  # noqa: E402
 from rollout.demos import ScriptedEngine  # noqa: E402
 from rollout.engines.base import SamplingConfig  # noqa: E402
-from rollout.env import Env, get_env  # noqa: E402
-from rollout.envs import textworld_env  # noqa: E402
+from rollout.env import Env  # noqa: E402
+from rollout.envs import (
+    get_env,  # noqa: E402
+    textworld_env,  # noqa: E402
+)
 from rollout.envs.extras import MissingExtraError  # noqa: E402
 from rollout.envs.textworld_env import SHAPES, TextWorldEnv, clean, game_file  # noqa: E402
 from rollout.types import FinishReason, ToolCall  # noqa: E402

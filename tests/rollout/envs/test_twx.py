@@ -10,8 +10,12 @@ from rollout.agent_loop import EpisodeLimits, run_episode  # noqa: E402
 from rollout.chat import ChatFormat, format_tool_call  # noqa: E402
 from rollout.demos import ScriptedEngine  # noqa: E402
 from rollout.engines.base import SamplingConfig  # noqa: E402
-from rollout.env import Env, get_env, registered_envs  # noqa: E402
-from rollout.envs import twx  # noqa: E402
+from rollout.env import Env  # noqa: E402
+from rollout.envs import (  # noqa: E402
+    get_env,
+    registered_envs,
+    twx,  # noqa: E402
+)
 from rollout.envs.extras import MissingExtraError  # noqa: E402
 from rollout.envs.twx import GAMES, PARAMS, TWXEnv, compact, format_actions, game_seed, make_task  # noqa: E402
 from rollout.types import FinishReason, ToolCall  # noqa: E402

@@ -1,0 +1,1 @@
+"""Algorithms as pure functions on tensors: advantage estimators, policy losses, sequence packing."""

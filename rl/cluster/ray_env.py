@@ -1,0 +1,94 @@
+"""What every turnrl Ray actor shares: starting or joining Ray, the environment and logging an
+actor starts with, where process groups meet their actors, and the replacement of dead actors."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+from collections.abc import Awaitable, Callable
+
+log = logging.getLogger(__name__)
+
+# Passed to every actor (rollout, reward and learner workers), whose processes Ray may start from
+# another shell (`ray start`) than the trainer's. Not CUDA_VISIBLE_DEVICES: Ray sets that per actor
+# from the GPUs it assigns.
+_PASSED_ENV = ("VLLM_CPU_KVCACHE_SPACE", "TOKENIZERS_PARALLELISM", "TURNRL_CACHE", "HF_HOME")
+
+_LAUNCHER_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK", "MASTER_ADDR",
+                  "MASTER_PORT", "TORCHELASTIC_RUN_ID")
+
+
+def actor_runtime_env(**env_vars: str) -> dict:
+    """The runtime environment of a turnrl actor: this process's settings that workers need, plus `env_vars`."""
+    return {"env_vars": {**{k: os.environ[k] for k in _PASSED_ENV if k in os.environ}, **env_vars}}
+
+
+def setup_actor_logging(name: str) -> None:
+    """An actor's log lines carry its name (`rollout-0`, `reward-orm`, `learner-1`)."""
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s %(levelname)s {name} %(name)s: %(message)s")
+
+
+def start_ray(address: str, num_cpus: int) -> bool:
+    """Start Ray on this machine bound to localhost (`address` ""), or join `address`; False if
+    Ray is already running in this process."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    common = dict(include_dashboard=False, log_to_driver=True, configure_logging=False)
+    # A local Ray's processes (and so every worker) inherit this environment: under torchrun, its
+    # rank variables would tell libraries in the workers (vLLM) that they are rank N of a job.
+    launcher = {k: os.environ.pop(k) for k in _LAUNCHER_VARS if k in os.environ}
+    try:
+        if address:
+            ray.init(address=address, **common)
+        else:
+            ray.init(address="local", num_cpus=num_cpus or None, _node_ip_address="127.0.0.1", **common)
+    finally:
+        os.environ.update(launcher)
+    log.info("Ray %s: %s", "joined" if address else "started locally", ray.cluster_resources())
+    return True
+
+
+def rendezvous_host(ray_address: str) -> str:
+    """Where this process's process groups (weight broadcast, learner ranks) meet their Ray actors:
+    localhost for a local Ray, this node's address on a cluster."""
+    import ray
+
+    return ray.util.get_node_ip_address() if ray_address else "127.0.0.1"
+
+
+def free_port(host: str) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+class ActorReplacements:
+    """Replaces dead actors of one kind, at most `limit` times per run; calls that saw the same
+    death concurrently replace it once."""
+
+    def __init__(self, what: str, limit: int, limit_key: str, error: type[Exception]) -> None:
+        self.what, self.limit, self.limit_key, self.error = what, limit, limit_key, error
+        self.count = 0
+        self._lock = asyncio.Lock()
+
+    async def replace(self, name: str, still_current: Callable[[], bool], dead, err: Exception,
+                      start_new: Callable[[], Awaitable[None]]) -> None:
+        """Kill `dead` (named `name` in the log) and await `start_new()`, unless `still_current()`
+        says another call already replaced it."""
+        import ray
+
+        async with self._lock:
+            if not still_current():
+                return
+            if self.count >= self.limit:
+                raise self.error(f"{self.what}s died {self.count + 1} times ({self.limit_key}={self.limit}); "
+                                 f"last: {err}") from err
+            self.count += 1
+            log.warning("%s died (%s); starting a new one (restart %d of at most %d)", name, type(err).__name__,
+                        self.count, self.limit)
+            ray.kill(dead, no_restart=True)
+            await start_new()

@@ -1,0 +1,1 @@
+"""The commands' recipes: each reads its settings and composes the components (train, sft, orm, ...)."""
