@@ -110,10 +110,9 @@ def make_rollout_worker(cfg: TurnRLConfig) -> RolloutWorker:
 async def start_rollout(cfg: TurnRLConfig) -> Rollout:
     """The configured rollout: `rollout.num_workers` Ray actors (Ray must be running), or, with
     `ray.enabled=false`, one worker in this process (for debugging)."""
-    spec = rollout_worker_spec(cfg)
     if not cfg.ray.enabled:
-        return spec.build()
-    return await RolloutPool.start(spec.build, cfg.rollout, cfg.ray.address)
+        return make_rollout_worker(cfg)
+    return await RolloutPool.start(rollout_worker_spec(cfg).build, cfg.rollout, cfg.ray.address)
 
 
 def proxy_settings(cfg: TurnRLConfig) -> ProxySettings:
@@ -174,7 +173,8 @@ def _judge_term(cfg: TurnRLConfig):
     return JudgeTermSpec(j, cfg.model.path, None if j.base_url else engine_spec(cfg, j.model_path)).build
 
 
-# Each reward term's builder: a picklable function of no arguments that makes the term.
+# Each reward term's name -> a function of the config giving the term's builder: a picklable callable
+# of no arguments that makes the term (in a Ray reward worker, for the model terms).
 REWARD_TERM_BUILDERS = {
     "verifier": lambda cfg: VerifierReward,
     "format": lambda cfg: FormatPenalty,

@@ -1,8 +1,8 @@
 """The `turnrl` command line: model init, SFT, training and evaluation, all on one Hydra config.
 
 Dispatch only: each command loads the config and hands its settings to one recipe (rl/recipes/).
-Commands import their recipe when run: torch, DeepSpeed and vLLM take seconds to import, and
-`--help` or `--print-config` needs none of them.
+Commands import their recipe when run: transformers, DeepSpeed and vLLM take seconds to import,
+and `--help` or `--print-config` needs none of them.
 """
 
 from __future__ import annotations

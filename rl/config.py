@@ -23,7 +23,7 @@ from curricula.replay import ReplaySettings
 from rewards.judge import JudgeSettings
 from rewards.orm import ORM_INPUTS
 from rl.algo.advantages import ADVANTAGE_ESTIMATORS
-from rl.learner.settings import LearnerSettings
+from rl.learner.settings import DTYPES, LearnerSettings
 from rollout.agent_loop import EpisodeLimits
 from rollout.envs import get_env, registered_envs
 
@@ -311,7 +311,7 @@ def validate(cfg: TurnRLConfig) -> None:
         try:
             check()
         except ValueError as err:
-            raise ConfigError(_prefixed(key, str(err))) from None
+            raise ConfigError(_prefixed(key, getattr(cfg, key), str(err))) from None
     if cfg.env.name not in registered_envs():
         raise ConfigError(f"env.name={cfg.env.name!r} is not a registered environment: {registered_envs()}")
     for name, value, allowed in [("rollout.engine", cfg.rollout.engine, _ENGINES),
@@ -319,7 +319,8 @@ def validate(cfg: TurnRLConfig) -> None:
                                  ("rollout.weight_sync", cfg.rollout.weight_sync, _WEIGHT_SYNC_BACKENDS),
                                  ("logger.wandb_mode", cfg.logger.wandb_mode, _WANDB_MODES),
                                  ("algo.name", cfg.algo.name, (*ADVANTAGE_ESTIMATORS, "ppo")),
-                                 ("orm.input", cfg.orm.input, ORM_INPUTS)]:
+                                 ("orm.input", cfg.orm.input, ORM_INPUTS),
+                                 ("model.dtype", cfg.model.dtype, DTYPES)]:
         if value not in allowed:
             raise ConfigError(f"{name}={value!r} must be one of {allowed}")
     if cfg.rollout.source == "proxy" and cfg.curriculum.enabled:
@@ -367,9 +368,11 @@ def validate(cfg: TurnRLConfig) -> None:
                           "(algo.tasks_per_step * algo.group_size)")
 
 
-def _prefixed(section: str, message: str) -> str:
-    """A settings class's message (`field=value must ...`) with its fields named as config keys."""
-    return re.sub(r"(?<![\w.])([a-z_]+(?:\.[a-z_]+)*)=", lambda m: f"{section}.{m.group(1)}=", message, count=0)
+def _prefixed(key: str, section, message: str) -> str:
+    """A settings class's message (`field=value must ...`) with the section's fields named as config
+    keys (`algo.field=value`)."""
+    names = "|".join(f.name for f in fields(section))
+    return re.sub(rf"(?<![\w.'\"])((?:{names})(?:\.\w+)?)=", rf"{key}.\1=", message)
 
 
 REWARD_TERMS = ("verifier", "format", "length", "orm", "judge")  # the weight fields of RewardConfig

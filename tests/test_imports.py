@@ -10,10 +10,10 @@ PACKAGES = ("rl", "rollout", "rewards", "curricula", "configs")
 # Files allowed to import our own modules inside a function, and why. Everything else imports at
 # the top, so the module graph below is the whole truth.
 LAZY_OWN_IMPORTS = {
-    "rl/cli.py": "each command imports its recipe when run: torch, DeepSpeed and vLLM take seconds to import, "
-                 "and --help or --print-config needs none of them",
-    "rl/build.py": "the vLLM engine, the ORM and the judge are imported only when configured (vLLM is optional "
-                   "on a machine that serves with the HF engine)",
+    "rl/cli.py": "each command imports its recipe when run: transformers, DeepSpeed and vLLM take seconds to "
+                 "import, and --help or --print-config needs none of them",
+    "rl/build.py": "the vLLM engine is imported only when served: a machine that serves with the HF engine "
+                   "needs no vLLM",
 }
 
 

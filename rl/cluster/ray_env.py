@@ -71,6 +71,7 @@ class ActorReplacements:
     death concurrently replace it once."""
 
     def __init__(self, what: str, limit: int, limit_key: str, error: type[Exception]) -> None:
+        """`what`: the actors' name in the error once the limit is passed (`rollout workers`)."""
         self.what, self.limit, self.limit_key, self.error = what, limit, limit_key, error
         self.count = 0
         self._lock = asyncio.Lock()
@@ -85,7 +86,7 @@ class ActorReplacements:
             if not still_current():
                 return
             if self.count >= self.limit:
-                raise self.error(f"{self.what}s died {self.count + 1} times ({self.limit_key}={self.limit}); "
+                raise self.error(f"{self.what} died {self.count + 1} times ({self.limit_key}={self.limit}); "
                                  f"last: {err}") from err
             self.count += 1
             log.warning("%s died (%s); starting a new one (restart %d of at most %d)", name, type(err).__name__,

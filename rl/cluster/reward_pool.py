@@ -38,8 +38,8 @@ class RemoteReward:
                  max_restarts: int) -> None:
         self.name, self.build_term, self.cpus, self.timeout_s = name, build_term, cpus, timeout_s
         self.in_flight = 0
-        self._replacements = ActorReplacements(f"{name!r} reward worker", max_restarts, "reward.max_worker_restarts",
-                                               RewardWorkerDied)
+        self._replacements = ActorReplacements(f"the {name!r} reward worker", max_restarts,
+                                               "reward.max_worker_restarts", RewardWorkerDied)
         self._actor = self._start()
 
     @property

@@ -112,7 +112,7 @@ class RolloutPool:
         self._slots: list[_Slot] = []
         self._weights: tuple[object, int] | None = None  # the last weights (an ObjectRef or a state dict), version
         self._group: BroadcastGroup | None = None
-        self._replacements = ActorReplacements("rollout worker", settings.max_worker_restarts,
+        self._replacements = ActorReplacements("rollout workers", settings.max_worker_restarts,
                                                "rollout.max_worker_restarts", RolloutWorkerDied)
         self._requeued = 0
 

@@ -30,12 +30,12 @@ from rl.algo.losses import (
 )
 from rl.algo.packing import micro_batches, packed_logits, pad_rows
 from rl.cluster.ray_env import free_port
-from rl.learner.settings import LearnerSettings
+from rl.learner.settings import DTYPES, LearnerSettings
 from rollout.types import Trajectory
 
 log = logging.getLogger(__name__)
 
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}  # the torch dtype of each of DTYPES
 
 
 @dataclass
@@ -55,7 +55,7 @@ class LearnerConfig(LearnerSettings):
     def check(self) -> None:
         super().check()
         if self.dtype not in _DTYPES:
-            raise ValueError(f"dtype={self.dtype!r} must be one of {sorted(_DTYPES)}")
+            raise ValueError(f"dtype={self.dtype!r} must be one of {DTYPES}")
         if self.temperature <= 0:
             raise ValueError(f"temperature={self.temperature} must be > 0 (greedy rollouts have no policy gradient)")
 

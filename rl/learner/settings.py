@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 from rl.algo.losses import IMPORTANCE_WEIGHT_LEVELS, LOSS_AGGREGATIONS
 
+DTYPES = ("float32", "bfloat16")  # the learner's (model.dtype); CPU trains in float32
+
 
 @dataclass
 class LearnerSettings:
@@ -45,4 +47,4 @@ class LearnerSettings:
             raise ValueError(f"is_cap={self.is_cap} must be >= 1 (it truncates importance weights from above)")
         if self.micro_batch_tokens < 0:
             raise ValueError(f"micro_batch_tokens={self.micro_batch_tokens} must be >= 0 (0: micro-batches of "
-                             "micro_batch_size sequences)")
+                             f"micro_batch_size={self.micro_batch_size} sequences)")

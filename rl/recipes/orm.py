@@ -69,7 +69,6 @@ def train_orm(cfg: OrmConfig) -> dict:
     import torch.distributed as dist
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-
     init_distributed()
     rank, world = dist.get_rank(), dist.get_world_size()
     torch.manual_seed(cfg.seed)

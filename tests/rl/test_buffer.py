@@ -35,7 +35,7 @@ async def simulate(max_staleness: int, groups_per_step: int, steps: int, seed: i
                 await asyncio.sleep(rng.expovariate(1.0) * (20 if rng.random() < 0.1 else 1) * 1e-3)
                 versions.append(buffer.version)
             await buffer.put(group(index, versions))
-        except asyncio.CancelledError:  # as rl.recipes.train's groups do
+        except asyncio.CancelledError:  # as rl.sources.generate_groups does
             buffer.abandon()
             raise
 

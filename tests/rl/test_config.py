@@ -52,6 +52,11 @@ def test_algo_groups_select_estimator_and_loss_aggregation(group, name, loss_agg
         ("judge.on_unparseable=guess", "judge.on_unparseable"),
         ("orm.input=xml", "orm.input"),
         ("replay.reflection_splices=true", "replay.reflection_splices"),  # without replay.ratio > 0
+        ("model.dtype=fp8", "model.dtype"),
+        ("algo.zero_stage=4", "algo.zero_stage"),
+        ("replay.min_confidence=2", "replay.min_confidence"),
+        ("curriculum.proposer.examples=0", "curriculum.proposer.examples"),
+        ("judge.samples=0", "judge.samples"),
     ],
 )
 def test_bad_keys_and_values_fail_naming_the_key(override, names):
@@ -93,3 +98,11 @@ def test_every_reward_weight_has_a_builder():
     from rl.config import REWARD_TERMS
 
     assert set(REWARD_TERMS) == set(REWARD_TERM_BUILDERS)
+
+
+def test_a_settings_class_message_names_its_fields_as_config_keys_and_leaves_values_alone():
+    """Each section's own check() speaks of its fields; the config prefixes them with the section,
+    and only them (a value that looks like `name=` stays as it was)."""
+    with pytest.raises(ConfigError) as err:
+        load_config(["algo.loss_agg='lr=1'"])
+    assert str(err.value).startswith("algo.loss_agg='lr=1' must be one of")

@@ -1,4 +1,4 @@
-"""One rank of the 2-process learner test (launched by tests/rl/test_learner.py under torchrun).
+"""One rank of the 2-process learner test (launched by tests/rl/learner/test_learner.py under torchrun).
 
 Every rank: one train_step on the batch in `batch.pt` -> rank 0 writes the weights to `out/step1.pt`.
 Then the checkpoint round trip at 2 ranks: save, train a step (A); a fresh learner loads the
