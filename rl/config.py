@@ -42,6 +42,13 @@ class ModelConfig:
     hidden_size: int = 128
     num_layers: int = 2
     seed: int = 0
+    # Synthetic pretraining in `turnrl model init` (rl/recipes/pretrain.py): episodes of record
+    # look-ups over random tool schemas, so the model can copy a value from its context before SFT.
+    # 0: none (a random-weight base).
+    pretrain_episodes: int = 0
+    pretrain_epochs: int = 1
+    pretrain_lr: float = 3e-3
+    pretrain_batch_size: int = 16
 
 
 @dataclass

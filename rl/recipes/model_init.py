@@ -22,8 +22,17 @@ import torch
 from jinja2 import Template
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
-from transformers import GenerationConfig, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    GenerationConfig,
+    PreTrainedTokenizerFast,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+)
 
+from rl.recipes.pretrain import PretrainSettings, pretrain
+from rl.recipes.sft import save_model
 from rollout.demos import corpus_texts
 
 log = logging.getLogger(__name__)
@@ -260,13 +269,23 @@ BUILTIN_ENVS = ("kbsearch", "craft")
 
 
 def init_model(out_dir: str | Path, env_name: str, vocab_size: int, hidden_size: int, num_layers: int,
-               seed: int) -> Path:
+               seed: int, pretrain_settings: PretrainSettings | None = None) -> Path:
     """`turnrl model init`: the tiny model and its tokenizer, trained on 1,500 expert episodes'
-    text of each built-in environment and of `env_name`."""
+    text of each built-in environment and of `env_name`; then, with `pretrain_settings`, synthetic
+    pretraining (rl/recipes/pretrain.py)."""
     envs = dict.fromkeys([*BUILTIN_ENVS, env_name])
     texts = [text for env in envs for text in corpus_texts(env, num_tasks=1500, seed=seed)]
     heads = max(1, hidden_size // 64)  # head_dim 64
     shape = TinyModelConfig(vocab_size=vocab_size, hidden_size=hidden_size, num_hidden_layers=num_layers,
                             num_attention_heads=heads, num_key_value_heads=max(1, heads // 2),
                             intermediate_size=3 * hidden_size, seed=seed)
-    return build_tiny_model(Path(out_dir), texts, shape)
+    path = build_tiny_model(Path(out_dir), texts, shape)
+    if pretrain_settings is not None and pretrain_settings.episodes > 0:
+        p = pretrain_settings
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+        torch.manual_seed(seed)
+        loss = pretrain(model, tokenizer, p.episodes, p.epochs, p.lr, p.batch_size, seed, p.exclude)
+        save_model(model, tokenizer, path)
+        log.info("pretrained on %d synthetic episodes (final loss %.4f)", p.episodes, loss)
+    return path

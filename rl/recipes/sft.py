@@ -93,7 +93,7 @@ def run_sft(base_path: str, out_dir: str, env_name: str, num_demos: int, difficu
     torch.manual_seed(seed)
     tokenizer = AutoTokenizer.from_pretrained(base_path)
     model = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
-    ranks = _Ranks.join()
+    ranks = Ranks.join()
     chat = ChatFormat(tokenizer, get_env(env_name).tools)
     tasks = sample_demo_tasks(env_name, num_demos, difficulty_weights, seed)
     demos = [expert_trajectory(chat, t) for t in tqdm(tasks, desc="demos", unit="demo", leave=False)]
@@ -109,7 +109,7 @@ def run_sft(base_path: str, out_dir: str, env_name: str, num_demos: int, difficu
     stages = [("sft (first turns)", first_turn_epochs, 1, False), ("sft", epochs, None, True)]
     for desc, stage_epochs, max_turns, decay in stages:
         if stage_epochs > 0:
-            loss = _train_stage(model, demos, tokenizer.pad_token_id, stage_epochs, lr, batch_size, rng,
+            loss = train_stage(model, demos, tokenizer.pad_token_id, stage_epochs, lr, batch_size, rng,
                                 max_turns, decay, desc, ranks)
     if ranks.rank == 0:
         save_model(model, tokenizer, Path(out_dir))
@@ -118,14 +118,14 @@ def run_sft(base_path: str, out_dir: str, env_name: str, num_demos: int, difficu
 
 
 @dataclass
-class _Ranks:
+class Ranks:
     """This process's place among torchrun's ranks (one rank without a launcher)."""
 
     rank: int = 0
     world: int = 1
 
     @classmethod
-    def join(cls) -> _Ranks:
+    def join(cls) -> Ranks:
         if int(os.environ.get("WORLD_SIZE", "1")) == 1:
             return cls()
         init_distributed()
@@ -136,9 +136,9 @@ class _Ranks:
             dist.barrier()
 
 
-def _train_stage(model, demos: list[Trajectory], pad_id: int, epochs: int, lr: float, batch_size: int,
+def train_stage(model, demos: list[Trajectory], pad_id: int, epochs: int, lr: float, batch_size: int,
                  rng: random.Random, max_turns: int | None, decay: bool, desc: str,
-                 ranks: _Ranks) -> torch.Tensor:
+                 ranks: Ranks) -> torch.Tensor:
     """Epochs of AdamW over `demos`, supervising the first `max_turns` assistant turns (all if None);
     with `decay`, a 10% warm-up then linear decay to 0, else a constant learning rate. With several
     ranks each takes every world-th row of a batch, and DDP averages the gradients."""
