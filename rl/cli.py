@@ -75,13 +75,11 @@ def _setup_logging(log_file: Path | None = None) -> None:
 def cmd_model_init(cfg: TurnRLConfig) -> None:
     from curricula.tasks import heldout_tasks
     from rl.recipes.model_init import init_model
-    from rl.recipes.pretrain import PretrainSettings
 
     m, e = cfg.model, cfg.env
     heldout = heldout_tasks(e.name, e.eval_difficulties, e.eval_tasks_per_difficulty, e.eval_seed_offset)
-    pretraining = PretrainSettings(m.pretrain_episodes, m.pretrain_epochs, m.pretrain_lr, m.pretrain_batch_size,
-                                   frozenset(t.instruction for t in heldout))
-    path = init_model(m.base_path, e.name, m.vocab_size, m.hidden_size, m.num_layers, m.seed, pretraining)
+    path = init_model(m.base_path, e.name, m.vocab_size, m.hidden_size, m.num_layers, m.seed, m.pretrain,
+                      frozenset(t.instruction for t in heldout))
     log.info("tiny model written to %s", path)
 
 

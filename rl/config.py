@@ -31,6 +31,16 @@ CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 
 @dataclass
+class PretrainConfig:
+    # Synthetic pretraining in `turnrl model init` (rl/recipes/pretrain.py): episodes of record
+    # look-ups over random tool schemas, so the model can copy a value from its context before SFT.
+    episodes: int = 0  # 0: none (a random-weight base)
+    epochs: int = 1
+    lr: float = 3e-3
+    batch_size: int = 16
+
+
+@dataclass
 class ModelConfig:
     # The policy to train: any HF causal-LM directory (the SFT output by default).
     path: str = "${cache_dir}/models/tiny-sft"
@@ -42,13 +52,7 @@ class ModelConfig:
     hidden_size: int = 128
     num_layers: int = 2
     seed: int = 0
-    # Synthetic pretraining in `turnrl model init` (rl/recipes/pretrain.py): episodes of record
-    # look-ups over random tool schemas, so the model can copy a value from its context before SFT.
-    # 0: none (a random-weight base).
-    pretrain_episodes: int = 0
-    pretrain_epochs: int = 1
-    pretrain_lr: float = 3e-3
-    pretrain_batch_size: int = 16
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
 
 
 @dataclass

@@ -31,7 +31,8 @@ from transformers import (
     Qwen2ForCausalLM,
 )
 
-from rl.recipes.pretrain import PretrainSettings, pretrain
+from rl.config import PretrainConfig
+from rl.recipes.pretrain import pretrain
 from rl.recipes.sft import save_model
 from rollout.demos import corpus_texts
 
@@ -269,10 +270,10 @@ BUILTIN_ENVS = ("kbsearch", "craft")
 
 
 def init_model(out_dir: str | Path, env_name: str, vocab_size: int, hidden_size: int, num_layers: int,
-               seed: int, pretrain_settings: PretrainSettings | None = None) -> Path:
+               seed: int, pretraining: PretrainConfig | None = None, exclude: frozenset[str] = frozenset()) -> Path:
     """`turnrl model init`: the tiny model and its tokenizer, trained on 1,500 expert episodes'
-    text of each built-in environment and of `env_name`; then, with `pretrain_settings`, synthetic
-    pretraining (rl/recipes/pretrain.py)."""
+    text of each built-in environment and of `env_name`; then, with `pretraining`, synthetic
+    pretraining (rl/recipes/pretrain.py) that never asks a question in `exclude`."""
     envs = dict.fromkeys([*BUILTIN_ENVS, env_name])
     texts = [text for env in envs for text in corpus_texts(env, num_tasks=1500, seed=seed)]
     heads = max(1, hidden_size // 64)  # head_dim 64
@@ -280,12 +281,11 @@ def init_model(out_dir: str | Path, env_name: str, vocab_size: int, hidden_size:
                             num_attention_heads=heads, num_key_value_heads=max(1, heads // 2),
                             intermediate_size=3 * hidden_size, seed=seed)
     path = build_tiny_model(Path(out_dir), texts, shape)
-    if pretrain_settings is not None and pretrain_settings.episodes > 0:
-        p = pretrain_settings
+    if pretraining is not None and pretraining.episodes > 0:
         tokenizer = AutoTokenizer.from_pretrained(path)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
         torch.manual_seed(seed)
-        loss = pretrain(model, tokenizer, p.episodes, p.epochs, p.lr, p.batch_size, seed, p.exclude)
+        loss = pretrain(model, tokenizer, pretraining, seed, exclude)
         save_model(model, tokenizer, path)
-        log.info("pretrained on %d synthetic episodes (final loss %.4f)", p.episodes, loss)
+        log.info("pretrained on %d synthetic episodes (final loss %.4f)", pretraining.episodes, loss)
     return path

@@ -1,5 +1,5 @@
 """Synthetic pretraining: generic skills a pretrained LLM brings, given to the tiny model before any
-task (`turnrl model init` with `model.pretrain_episodes > 0`).
+task (`turnrl model init` with `model.pretrain.episodes > 0`).
 
 Procedural episodes in the chat format, over random worlds of records: each episode has its own
 tool schema (tool and argument names drawn from generic pools, some tools never used) and a
@@ -17,6 +17,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+from rl.config import PretrainConfig
 from rl.recipes.sft import Ranks, train_stage
 from rollout.chat import ChatFormat, format_tool_call
 from rollout.tools import made_up_names, string_argument
@@ -34,15 +35,6 @@ ANSWER_ARGS = ("text", "value", "answer", "result")
 OTHER_TOOLS = ("search", "calculate", "list", "count", "sort", "note")  # shown, never needed
 QUESTIONS = ("What is {}?", "Find {}.", "Tell me {}.", "Look up {}.")
 NAME_POOL_SIZE = 300
-
-
-@dataclass(frozen=True)
-class PretrainSettings:
-    episodes: int
-    epochs: int = 1
-    lr: float = 3e-3
-    batch_size: int = 16
-    exclude: frozenset[str] = frozenset()  # questions never to produce: the held-out instructions
 
 
 @dataclass
@@ -145,11 +137,11 @@ def episode_trajectory(tokenizer, episode: SyntheticEpisode) -> Trajectory:
                       finish_reason=FinishReason.DONE, success=True)
 
 
-def pretrain(model, tokenizer, num_episodes: int, epochs: int, lr: float, batch_size: int, seed: int,
-             exclude: frozenset[str] = frozenset()) -> float:
-    """Train `model` in place on `num_episodes` synthetic episodes (warm-up, then linear decay);
-    returns the last batch's loss."""
-    episodes = [episode_trajectory(tokenizer, e) for e in synthetic_episodes(num_episodes, seed, exclude)]
-    loss = train_stage(model, episodes, tokenizer.pad_token_id, epochs, lr, batch_size, random.Random(seed), None,
-                        True, "pretrain (synthetic)", Ranks())
+def pretrain(model, tokenizer, settings: PretrainConfig, seed: int, exclude: frozenset[str] = frozenset()) -> float:
+    """Train `model` in place on `settings.episodes` synthetic episodes (warm-up, then linear decay),
+    none asking a question in `exclude` (the held-out instructions); returns the last batch's loss."""
+    s = settings
+    episodes = [episode_trajectory(tokenizer, e) for e in synthetic_episodes(s.episodes, seed, exclude)]
+    loss = train_stage(model, episodes, tokenizer.pad_token_id, s.epochs, s.lr, s.batch_size, random.Random(seed),
+                       None, True, "pretrain (synthetic)", Ranks())
     return float(loss.item())

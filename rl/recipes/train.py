@@ -116,7 +116,8 @@ class _Run:
 
 async def _build_run(cfg: TurnRLConfig, spec: LearnerSpec) -> _Run:
     out_dir = Path(cfg.train.out_dir)
-    learners = LearnerGroup(spec, config_record(cfg))
+    record = config_record(cfg)
+    learners = LearnerGroup(spec, record)
     start, extra = learners.start_step, learners.extra
     tokenizer = AutoTokenizer.from_pretrained(cfg.model.path)
     rollout = await start_rollout(cfg)
@@ -126,7 +127,7 @@ async def _build_run(cfg: TurnRLConfig, spec: LearnerSpec) -> _Run:
     store = None
     if cfg.logger.save_trajectories:
         store = TrajectoryStore(out_dir / "trajectories.jsonl", resume_step=start if start else None)
-    sink = MetricsSink(out_dir, config_record(cfg), cfg.logger.wandb_mode, cfg.logger.project, cfg.logger.run_name,
+    sink = MetricsSink(out_dir, record, cfg.logger.wandb_mode, cfg.logger.project, cfg.logger.run_name,
                        resume_step=start)
     e = cfg.env
     heldout = heldout_tasks(e.name, e.eval_difficulties, e.eval_tasks_per_difficulty, e.eval_seed_offset)
@@ -172,16 +173,13 @@ def _restore_run_state(run: _Run, state: dict) -> None:
         run.replay.load_state_dict(state["replay"])
 
 
-async def _replay_step(cfg: TurnRLConfig, run: _Run, groups, step: int) -> dict[str, float]:
+async def _replay_step(cfg: TurnRLConfig, run: _Run, trajs: list[Trajectory], group_ids: list[str],
+                       rewards: torch.Tensor, tasks: list[Task], step: int) -> dict[str, float]:
     """After the update: this step's successes join the replay buffer (replayed from the next step
     on), and its failures spliced onto them (curricula/reflection.py)."""
-    trajs = [t for g in groups for t in g.trajectories]
-    group_ids = [str(g.index) for g in groups for _ in g.trajectories]
-    rewards = torch.tensor([r for g in groups for r in g.rewards])
     advantages = compute_advantages(cfg.algo.name, rewards, group_ids).tolist()
     metrics = {"replay/added": float(run.replay.add(trajs, advantages, step + 1))}
     if cfg.replay.reflection_splices:
-        tasks = [g.task for g in groups for _ in g.trajectories]
         splices = await reflection_splices(trajs, group_ids, tasks, advantages, run.splice_chat, episode_limits(cfg),
                                            cfg.replay.reflection_text)
         run.save_trajectories(splices.trajectories, splices.tasks, step + 1, "splice")
@@ -221,17 +219,18 @@ async def _train_rank0(cfg: TurnRLConfig, spec: LearnerSpec) -> dict:
             groups = await buffer.take()  # waits for this step's scored groups
             t_wait = time.perf_counter() - t0
             trajs = [t for g in groups for t in g.trajectories]
+            group_ids = [str(g.index) for g in groups for _ in g.trajectories]
+            rewards = torch.tensor([r for g in groups for r in g.rewards])
             tasks = [g.task for g in groups for _ in g.trajectories]
 
             # The learner runs in a thread: the event loop keeps generating meanwhile (max_staleness > 0).
             t1 = time.perf_counter()
             replayed = run.replay.candidates(len(trajs)) if run.replay is not None else []
-            train_metrics = await asyncio.to_thread(
-                learners.update, trajs, [str(g.index) for g in groups for _ in g.trajectories],
-                torch.tensor([r for g in groups for r in g.rewards]), run.tokenizer.pad_token_id, step, replayed)
+            train_metrics = await asyncio.to_thread(learners.update, trajs, group_ids, rewards,
+                                                    run.tokenizer.pad_token_id, step, replayed)
             t_train = time.perf_counter() - t1
             if run.replay is not None:
-                train_metrics |= await _replay_step(cfg, run, groups, step)
+                train_metrics |= await _replay_step(cfg, run, trajs, group_ids, rewards, tasks, step)
             t2 = time.perf_counter()
             state = await asyncio.to_thread(learners.weights)
             await rollout.update_weights(state, version=step + 1)  # in-flight episodes pause, then go on

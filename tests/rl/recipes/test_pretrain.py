@@ -10,6 +10,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from curricula.tasks import heldout_tasks
 from rl.algo.packing import pad_rows
 from rl.cli import main
+from rl.config import PretrainConfig
 from rl.recipes.pretrain import episode_trajectory, pretrain, synthetic_episode, synthetic_episodes
 from rl.recipes.sft import sft_loss
 from rollout.chat import ChatFormat, parse_action
@@ -64,7 +65,7 @@ def test_pretraining_lowers_the_loss_on_unseen_synthetic_episodes(tiny_model_dir
 
     before = loss()
     torch.manual_seed(0)
-    pretrain(model, tokenizer, num_episodes=320, epochs=1, lr=3e-3, batch_size=16, seed=0)
+    pretrain(model, tokenizer, PretrainConfig(episodes=320, epochs=1, lr=3e-3, batch_size=16), seed=0)
     assert loss() < 0.8 * before
 
 
@@ -75,7 +76,7 @@ def test_model_init_runs_the_pretraining_stage(tmp_path, monkeypatch):
     main(["model", "init", *common])
     untrained = AutoModelForCausalLM.from_pretrained(base).state_dict()
     shutil.rmtree(base)
-    main(["model", "init", *common, "model.pretrain_episodes=32"])
+    main(["model", "init", *common, "model.pretrain.episodes=32"])
     pretrained = AutoModelForCausalLM.from_pretrained(base).state_dict()
     assert any(not torch.equal(untrained[k], pretrained[k]) for k in untrained)
     assert json.loads((base / "config.json").read_text())["hidden_size"] == 64
