@@ -27,6 +27,7 @@ import uuid
 
 from openai import AsyncOpenAI
 
+from rollout.env import first_message
 from rollout.envs import get_env
 from rollout.types import ToolCall
 
@@ -40,7 +41,7 @@ async def play_episode(client: AsyncOpenAI, model: str, env_cls, task, max_turns
     tools = [t.to_json_schema() for t in env_cls.tools]
     env = env_cls(task)
     try:
-        messages = [{"role": "user", "content": env.reset()}]
+        messages = [{"role": "user", "content": first_message(env, task)}]
         for _ in range(max_turns):
             response = await client.chat.completions.create(model=model, messages=messages, tools=tools,
                                                             extra_headers=headers)

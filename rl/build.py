@@ -35,6 +35,7 @@ from rollout.completion import CompletionClient, EngineCompletion, HTTPCompletio
 from rollout.engines.base import Engine, SamplingConfig
 from rollout.engines.hf import HFEngine
 from rollout.engines.restarting import RestartingEngine
+from rollout.env import import_env_modules
 from rollout.envs import get_env
 from rollout.proxy import ProxySettings
 from rollout.worker import Rollout, RolloutWorker
@@ -82,15 +83,17 @@ class RolloutWorkerSpec:
     env_name: str
     limits: EpisodeLimits
     tool_threads: int
+    env_modules: tuple[str, ...] = ()  # env.modules, imported first (a Ray worker is a fresh process)
 
     def build(self, index: int = 0, node_id: str = "") -> RolloutWorker:
+        import_env_modules(self.env_modules)
         chat = ChatFormat(AutoTokenizer.from_pretrained(self.engine.model_path), get_env(self.env_name).tools)
         return RolloutWorker(self.engine.build(), chat, self.limits, self.tool_threads, index, node_id)
 
 
 def rollout_worker_spec(cfg: TurnRLConfig) -> RolloutWorkerSpec:
     return RolloutWorkerSpec(engine_spec(cfg, cfg.model.path), cfg.env.name, episode_limits(cfg),
-                             cfg.rollout.tool_threads)
+                             cfg.rollout.tool_threads, tuple(cfg.env.modules))
 
 
 def episode_limits(cfg: TurnRLConfig) -> EpisodeLimits:

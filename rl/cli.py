@@ -79,7 +79,7 @@ def cmd_model_init(cfg: TurnRLConfig) -> None:
     m, e = cfg.model, cfg.env
     heldout = heldout_tasks(e.name, e.eval_difficulties, e.eval_tasks_per_difficulty, e.eval_seed_offset)
     path = init_model(m.base_path, e.name, m.vocab_size, m.hidden_size, m.num_layers, m.seed, m.pretrain,
-                      frozenset(t.instruction for t in heldout))
+                      frozenset(t.instruction for t in heldout), m.corpus_episodes)
     log.info("tiny model written to %s", path)
 
 

@@ -25,6 +25,7 @@ from rewards.orm import ORM_INPUTS
 from rl.algo.advantages import ADVANTAGE_ESTIMATORS
 from rl.learner.settings import DTYPES, LearnerSettings
 from rollout.agent_loop import EpisodeLimits
+from rollout.env import import_env_modules
 from rollout.envs import get_env, registered_envs
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -52,16 +53,23 @@ class ModelConfig:
     hidden_size: int = 128
     num_layers: int = 2
     seed: int = 0
+    # Expert episodes per environment whose text the tokenizer is trained on (kbsearch, craft and
+    # env.name's): fewer for a slow environment of one's own.
+    corpus_episodes: int = 1500
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
 
 
 @dataclass
 class EnvConfig:
     name: str = "kbsearch"
+    # Modules that register environments of your own (`@register_env`): imported before env.name is
+    # looked up, by the trainer and by every rollout worker (Ray ships them to its workers).
+    modules: list[str] = field(default_factory=list)
     train_difficulties: list[int] = field(default_factory=lambda: [1, 2, 3])
     eval_difficulties: list[int] = field(default_factory=lambda: [1, 2, 3])
     eval_tasks_per_difficulty: int = 30
-    # Held-out tasks use seeds from this offset on; training seeds are drawn below it.
+    # Held-out tasks use seeds from this offset on (eval_tasks_per_difficulty of them per difficulty);
+    # training seeds are drawn below it, SFT's from 20,000,000 on.
     eval_seed_offset: int = 10_000_000
 
 
@@ -316,7 +324,12 @@ def _explain(err: Exception) -> str:
 
 def validate(cfg: TurnRLConfig) -> None:
     """Checks of values that types alone cannot express: each section's own rules live with the
-    settings class it extends (`check()`); the rules across sections live here."""
+    settings class it extends (`check()`); the rules across sections live here. env.modules are
+    imported first: they register the environments the checks look up."""
+    try:
+        import_env_modules(cfg.env.modules)
+    except ImportError as err:
+        raise ConfigError(f"env.modules: {err}") from None
     for key, check in [("algo", cfg.algo.check), ("replay", cfg.replay.check), ("judge", cfg.judge.check),
                        ("curriculum", lambda: cfg.curriculum.check(cfg.curriculum.enabled))]:
         try:
@@ -324,7 +337,8 @@ def validate(cfg: TurnRLConfig) -> None:
         except ValueError as err:
             raise ConfigError(_prefixed(key, getattr(cfg, key), str(err))) from None
     if cfg.env.name not in registered_envs():
-        raise ConfigError(f"env.name={cfg.env.name!r} is not a registered environment: {registered_envs()}")
+        raise ConfigError(f"env.name={cfg.env.name!r} is not a registered environment: {registered_envs()}; for "
+                          "one of your own, name the module that registers it in env.modules=[...]")
     for name, value, allowed in [("rollout.engine", cfg.rollout.engine, _ENGINES),
                                  ("rollout.source", cfg.rollout.source, _SOURCES),
                                  ("rollout.weight_sync", cfg.rollout.weight_sync, _WEIGHT_SYNC_BACKENDS),
@@ -362,9 +376,16 @@ def validate(cfg: TurnRLConfig) -> None:
         raise ConfigError(f"rollout.temperature={cfg.rollout.temperature} must be > 0: greedy rollouts give "
                           "every episode of a group the same actions, so GRPO has nothing to compare")
     for name, value in [("algo.tasks_per_step", cfg.algo.tasks_per_step), ("train.steps", cfg.train.steps),
-                        ("rollout.max_turns", cfg.rollout.max_turns), ("algo.mini_batches", cfg.algo.mini_batches)]:
+                        ("rollout.max_turns", cfg.rollout.max_turns), ("algo.mini_batches", cfg.algo.mini_batches),
+                        ("rollout.tool_threads", cfg.rollout.tool_threads),
+                        ("rollout.max_observation_chars", cfg.rollout.max_observation_chars),
+                        ("model.corpus_episodes", cfg.model.corpus_episodes)]:
         if value < 1:
             raise ConfigError(f"{name}={value} must be >= 1")
+    for name, value in [("rollout.tool_timeout_s", cfg.rollout.tool_timeout_s),
+                        ("rollout.env_start_timeout_s", cfg.rollout.env_start_timeout_s)]:
+        if value <= 0:
+            raise ConfigError(f"{name}={value} must be > 0")
     if cfg.algo.refill_uniform_groups and not cfg.algo.drop_uniform_groups:
         raise ConfigError("algo.refill_uniform_groups=true needs algo.drop_uniform_groups=true")
     if cfg.algo.max_refill_factor < 0:

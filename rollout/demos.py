@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from rollout.agent_loop import EpisodeLimits, run_episode
 from rollout.chat import ChatFormat, format_tool_call
 from rollout.engines.base import Generation, SamplingConfig
+from rollout.env import first_message
 from rollout.envs import get_env
 from rollout.types import Task, Trajectory
 
@@ -47,17 +48,20 @@ def expert_trajectory(chat: ChatFormat, task: Task, max_total_tokens: int = 4096
     return asyncio.run(run_episode(engine, chat, task, SamplingConfig(), limits))
 
 
-def corpus_texts(env_name: str, num_tasks: int, seed: int = 0) -> Iterator[str]:
+def corpus_texts(env_name: str, num_tasks: int, seed: int = 0, on_episode: Callable[[], object] | None = None
+                 ) -> Iterator[str]:
     """Text an environment produces (tool specs, instructions, expert calls, observations), for
-    training a tokenizer before any model exists."""
+    training a tokenizer before any model exists; `on_episode()` after each expert episode."""
     env_cls = get_env(env_name)
     yield json.dumps([t.to_json_schema() for t in env_cls.tools])
     for i in range(num_tasks):
         difficulty = env_cls.difficulties[i % len(env_cls.difficulties)]
         task = env_cls.generate_task(seed + i, difficulty)
         env = env_cls(task)
-        yield env.reset()
+        yield first_message(env, task)
         for call in env_cls.expert_solution(task):
             yield format_tool_call(call)
             yield env.step(call).observation
         env.close()
+        if on_episode is not None:
+            on_episode()

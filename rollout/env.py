@@ -8,7 +8,8 @@ An environment is a class with this shape (no base class to inherit):
                                                     # narrow it to its task's (the prompt shows those)
 
         def __init__(self, task: Task) -> None       # rebuild the task's world from task.params
-        def reset(self) -> str                       # the first user message the agent sees
+        def reset(self) -> str                       # what the agent sees first, after the task's
+                                                    # instruction (see `first_message`)
         def step(self, call: ToolCall) -> StepResult # never raises on bad calls: error observation
         def verify(self) -> bool                     # the outcome verifier: did the agent succeed?
         def close(self) -> None
@@ -18,13 +19,17 @@ An environment is a class with this shape (no base class to inherit):
         @staticmethod
         def expert_solution(task: Task) -> list[ToolCall]       # the expert solver
         difficulties: tuple[int, ...]                           # the knob's legal values
+        reset_shows_instruction: bool = False        # optional: True when reset() already says
+                                                    # the instruction (every built-in env does)
 
 See README.md ("The Env API") for a complete small example.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import importlib
+from collections.abc import Callable, Sequence
+from types import ModuleType
 from typing import Protocol, runtime_checkable
 
 from rollout.types import StepResult, Task, ToolCall, ToolSpec
@@ -57,13 +62,36 @@ ENV_REGISTRY: dict[str, type] = {}
 
 
 def register_env(name: str) -> Callable[[type], type]:
-    """Class decorator that makes an environment available by `name` (in configs: `env.name`)."""
+    """Class decorator that makes an environment available by `name` (in configs: `env.name`). The class
+    itself is left as it is (no attribute is set on it, so none of the user's is shadowed)."""
 
     def wrap(cls: type) -> type:
         if name in ENV_REGISTRY and ENV_REGISTRY[name] is not cls:
             raise ValueError(f"environment {name!r} is already registered by {ENV_REGISTRY[name].__qualname__}")
         ENV_REGISTRY[name] = cls
-        cls.name = name
         return cls
 
     return wrap
+
+
+def first_message(env, task: Task) -> str:
+    """The first user message of an episode: the task's instruction, then what `env.reset()` returns
+    (on the next line, if anything), unless the environment's reset already shows the instruction
+    (`reset_shows_instruction = True`)."""
+    observation = env.reset()
+    if getattr(env, "reset_shows_instruction", False) or not task.instruction:
+        return observation
+    return f"{task.instruction}\n{observation}" if observation else task.instruction
+
+
+def import_env_modules(names: Sequence[str]) -> list[ModuleType]:
+    """Import the modules that register environments of one's own (`env.modules`), so that their
+    `@register_env` has run in this process."""
+    modules = []
+    for name in names:
+        try:
+            modules.append(importlib.import_module(name))
+        except ImportError as err:
+            raise ImportError(f"cannot import {name!r} ({err}); it must be importable by name: installed, or "
+                              "in a directory on PYTHONPATH") from err
+    return modules

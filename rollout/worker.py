@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
@@ -20,6 +19,7 @@ import torch
 from rollout.agent_loop import EpisodeLimits, run_episodes
 from rollout.chat import ChatFormat
 from rollout.engines.base import Engine, Generation, SamplingConfig
+from rollout.env_threads import EnvThreads
 from rollout.types import Task, Trajectory
 
 
@@ -58,7 +58,8 @@ class Rollout(Protocol):
 
 
 class RolloutWorker:
-    """Episodes of any number of tasks, concurrently, on one engine; environments step in a thread pool."""
+    """Episodes of any number of tasks, concurrently, on one engine; their environments run in
+    `tool_threads` threads (`rollout/env_threads.py`)."""
 
     def __init__(self, engine: Engine, chat: ChatFormat, limits: EpisodeLimits, tool_threads: int,
                  index: int = 0, node_id: str = "") -> None:
@@ -67,14 +68,14 @@ class RolloutWorker:
         self.limits = limits
         self.index = index
         self.node_id = node_id
-        self._executor = ThreadPoolExecutor(tool_threads, thread_name_prefix="env")
+        self._threads = EnvThreads(tool_threads)
 
     async def run_episodes(self, tasks: Sequence[Task], sampling: SamplingConfig,
                            group_ids: Sequence[str] | None = None, max_turns: int | None = None) -> list[Trajectory]:
         """One episode per task, in the order of `tasks` (see `rollout.agent_loop.run_episodes`);
         `max_turns` overrides the worker's turn limit (a curriculum's turn cap)."""
         limits = self.limits if max_turns is None else replace(self.limits, max_turns=max_turns)
-        return await run_episodes(self.engine, self.chat, tasks, sampling, limits, group_ids, self._executor)
+        return await run_episodes(self.engine, self.chat, tasks, sampling, limits, group_ids, self._threads)
 
     async def generate(self, prompt_ids: list[int], sampling: SamplingConfig) -> Generation:
         """One raw engine call, for episodes driven from outside (the OpenAI-compatible proxy)."""
@@ -93,5 +94,5 @@ class RolloutWorker:
         return RolloutStats(engine_restarts=info.engine_restarts, workers=[info])
 
     async def shutdown(self) -> None:
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        self._threads.shutdown()  # never waits for a hung tool
         await self.engine.shutdown()

@@ -4,10 +4,13 @@ actor starts with, where process groups meet their actors, and the replacement o
 from __future__ import annotations
 
 import asyncio
+import importlib
 import logging
 import os
 import socket
-from collections.abc import Awaitable, Callable
+import sysconfig
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
 
 log = logging.getLogger(__name__)
 
@@ -25,19 +28,44 @@ def actor_runtime_env(**env_vars: str) -> dict:
     return {"env_vars": {**{k: os.environ[k] for k in _PASSED_ENV if k in os.environ}, **env_vars}}
 
 
+_OURS = {"rl", "rollout", "rewards", "curricula", "configs"}
+
+
+def code_to_ship(names: Sequence[str]) -> list[str]:
+    """The top-level packages (or single-file modules) of `names` that live outside the installed
+    packages, e.g. in the user's project directory: a worker on another node, or started by `ray
+    start` from another shell, could not import them otherwise."""
+    installed = [Path(sysconfig.get_paths()[k]).resolve() for k in ("purelib", "platlib")]
+    out = []
+    for top in dict.fromkeys(name.split(".")[0] for name in names):
+        module = importlib.import_module(top)
+        where = getattr(module, "__file__", None)
+        if top in _OURS or where is None:
+            continue
+        path = Path(where).resolve()
+        if not any(path.is_relative_to(root) for root in installed):
+            # A package travels as its directory, a single-file module as its file.
+            out.append(str(path.parent if hasattr(module, "__path__") else path))
+    return out
+
+
 def setup_actor_logging(name: str) -> None:
     """An actor's log lines carry its name (`rollout-0`, `reward-orm`, `learner-1`)."""
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s %(levelname)s {name} %(name)s: %(message)s")
 
 
-def start_ray(address: str, num_cpus: int) -> bool:
+def start_ray(address: str, num_cpus: int, modules: Sequence[str] = ()) -> bool:
     """Start Ray on this machine bound to localhost (`address` ""), or join `address`; False if
-    Ray is already running in this process."""
+    Ray is already running in this process. `modules` (imported module names, env.modules): the
+    code of those not installed travels to every worker of the job (Ray uploads it)."""
     import ray
 
     if ray.is_initialized():
         return False
     common = dict(include_dashboard=False, log_to_driver=True, configure_logging=False)
+    shipped = code_to_ship(modules)
+    if shipped:
+        common["runtime_env"] = {"py_modules": shipped}
     # A local Ray's processes (and so every worker) inherit this environment: under torchrun, its
     # rank variables would tell libraries in the workers (vLLM) that they are rank N of a job.
     launcher = {k: os.environ.pop(k) for k in _LAUNCHER_VARS if k in os.environ}

@@ -63,8 +63,9 @@ def policy_update(learner: Learner, critic: Critic | None, settings: UpdateSetti
     join the batch with their stored advantage; their old log-probs are the current policy's, so
     the clip ratio starts at 1 for them, as for fresh on-policy tokens.
     """
-    keep = varied_groups(rewards, group_ids)
-    metrics = {"train/informative_group_share": keep.float().mean().item()}
+    varied = varied_groups(rewards, group_ids)
+    keep = varied
+    metrics = {"train/informative_group_share": varied.float().mean().item(), "train/skipped_update": 0.0}
     if critic is not None:  # PPO: per-token GAE advantages over the critic's values
         batch = make_train_batch(trajs, torch.zeros(len(trajs)), pad_id)
         values = critic.values(batch)
@@ -85,9 +86,13 @@ def policy_update(learner: Learner, critic: Critic | None, settings: UpdateSetti
         if replay:
             replayed, replay_logprobs, replay_metrics = score_replay(learner, replay, settings.replay, pad_id)
             metrics |= replay_metrics
-        if not keep.any() and not replayed:
-            log.info("step %d: every group's rewards are equal; no learner step", step + 1)
-            return metrics | {"train/optimizer_steps": learner.step}
+        # Equal rewards in every group give every token advantage 0: unless replay or the KL term
+        # pulls, the gradient is exactly zero, and an optimizer step would still move the weights
+        # (Adam's momentum, weight decay). So there is none.
+        if not varied.any() and not replayed and (settings.drop_uniform_groups or learner.cfg.kl_coef == 0):
+            log.info("step %d: every group's rewards are equal and nothing else pulls the policy; no optimizer step",
+                     step + 1)
+            return metrics | {"train/optimizer_steps": learner.step, "train/skipped_update": 1.0}
         fresh = [t for t, k in zip(trajs, keep, strict=True) if k]
         batch = make_train_batch(fresh + [i.trajectory for i in replayed],
                                  torch.cat([advantages[keep], torch.tensor([i.advantage for i in replayed])]), pad_id)

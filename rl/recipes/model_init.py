@@ -22,6 +22,7 @@ import torch
 from jinja2 import Template
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+from tqdm import tqdm
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
@@ -270,12 +271,15 @@ BUILTIN_ENVS = ("kbsearch", "craft")
 
 
 def init_model(out_dir: str | Path, env_name: str, vocab_size: int, hidden_size: int, num_layers: int,
-               seed: int, pretraining: PretrainConfig | None = None, exclude: frozenset[str] = frozenset()) -> Path:
-    """`turnrl model init`: the tiny model and its tokenizer, trained on 1,500 expert episodes'
-    text of each built-in environment and of `env_name`; then, with `pretraining`, synthetic
-    pretraining (rl/recipes/pretrain.py) that never asks a question in `exclude`."""
-    envs = dict.fromkeys([*BUILTIN_ENVS, env_name])
-    texts = [text for env in envs for text in corpus_texts(env, num_tasks=1500, seed=seed)]
+               seed: int, pretraining: PretrainConfig | None = None, exclude: frozenset[str] = frozenset(),
+               corpus_episodes: int = 1500) -> Path:
+    """`turnrl model init`: the tiny model and its tokenizer, trained on `corpus_episodes` expert
+    episodes' text of each built-in environment and of `env_name`; then, with `pretraining`,
+    synthetic pretraining (rl/recipes/pretrain.py) that never asks a question in `exclude`."""
+    texts: list[str] = []
+    for env in dict.fromkeys([*BUILTIN_ENVS, env_name]):
+        with tqdm(total=corpus_episodes, desc=f"tokenizer corpus ({env})", unit="episode") as bar:
+            texts += corpus_texts(env, corpus_episodes, seed, on_episode=bar.update)
     heads = max(1, hidden_size // 64)  # head_dim 64
     shape = TinyModelConfig(vocab_size=vocab_size, hidden_size=hidden_size, num_hidden_layers=num_layers,
                             num_attention_heads=heads, num_key_value_heads=max(1, heads // 2),

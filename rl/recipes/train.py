@@ -75,7 +75,7 @@ async def train_async(cfg: TurnRLConfig) -> dict:
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun
         run_learner_rank(spec)
         return {}
-    started_ray = cfg.ray.enabled and start_ray(cfg.ray.address, cfg.ray.num_cpus)
+    started_ray = cfg.ray.enabled and start_ray(cfg.ray.address, cfg.ray.num_cpus, cfg.env.modules)
     learner_ranks = []
     try:
         t = cfg.train
@@ -131,6 +131,8 @@ async def _build_run(cfg: TurnRLConfig, spec: LearnerSpec) -> _Run:
                        resume_step=start)
     e = cfg.env
     heldout = heldout_tasks(e.name, e.eval_difficulties, e.eval_tasks_per_difficulty, e.eval_seed_offset)
+    log.info("held-out set: %d %s tasks, %d per difficulty %s, seeds from env.eval_seed_offset=%d", len(heldout),
+             e.name, e.eval_tasks_per_difficulty, e.eval_difficulties, e.eval_seed_offset)
     buffer = GroupBuffer(cfg.algo.tasks_per_step, cfg.train.max_staleness, cfg.train.wait_timeout_s,
                          filter_uniform=cfg.algo.refill_uniform_groups,
                          max_refills=cfg.algo.max_refill_factor * cfg.algo.tasks_per_step, version=start,

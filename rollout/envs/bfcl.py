@@ -232,6 +232,7 @@ class BFCLEnv:
 
     tools = _AllTools()
     difficulties = DIFFICULTIES
+    reset_shows_instruction = True  # reset() begins with the task's instruction
 
     def __init__(self, task: Task) -> None:
         self.task = task

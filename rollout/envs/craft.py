@@ -86,6 +86,7 @@ class CraftEnv:
         ToolSpec("inventory", "Show the inventory.", {"type": "object", "properties": {}, "required": []}),
     ]
     difficulties = (1, 2, 3, 4)
+    reset_shows_instruction = True  # reset() begins with the task's instruction
 
     def __init__(self, task: Task) -> None:
         self.task = task

@@ -245,6 +245,7 @@ class KBSearchEnv:
         ToolSpec("answer", "Give the final answer.", string_argument("text")),
     ]
     difficulties = (1, 2, 3, 4)
+    reset_shows_instruction = True  # reset() begins with the task's instruction
 
     def __init__(self, task: Task) -> None:
         self.task = task

@@ -93,6 +93,7 @@ class SkyRLGSM8KEnv:
         ToolSpec("answer", "Give the final numeric answer.", string_argument("text")),
     ]
     difficulties = DIFFICULTIES
+    reset_shows_instruction = True  # reset() begins with the task's instruction
 
     def __init__(self, task: Task) -> None:
         self.task = task
@@ -224,6 +225,7 @@ class SkyRLText2SQLEnv:
         ToolSpec("answer", "Submit the SQL query that answers the question.", string_argument("query")),
     ]
     difficulties = DIFFICULTIES
+    reset_shows_instruction = True  # reset() begins with the task's instruction
 
     def __init__(self, task: Task) -> None:
         self.task = task

@@ -98,6 +98,7 @@ class TextWorldEnv:
                  string_argument("command")),
     ]
     difficulties = tuple(SHAPES)
+    reset_shows_instruction = True  # reset() begins with the task's instruction
 
     def __init__(self, task: Task) -> None:
         textworld = require("textworld", "textworld", "textworld")

@@ -224,6 +224,7 @@ class TWXEnv:
                  {"type": "object", "properties": {}, "required": []}),
     ]
     difficulties = (1, 2, 3, 4)
+    reset_shows_instruction = True  # reset() begins with the task's instruction
 
     def __init__(self, task: Task) -> None:
         self.task = task

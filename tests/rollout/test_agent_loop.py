@@ -212,3 +212,151 @@ def test_masked_turns_contribute_nothing_to_the_loss_gradient():
     loss, _ = policy_loss(logprobs, logprobs.detach() - 0.1, torch.tensor([1.0]), mask)
     loss.backward()
     assert torch.all(logprobs.grad[0, 1:3] == 0) and torch.all(logprobs.grad[0, [0, 3]] != 0)
+
+
+@register_env("test-half-hanging")
+class HalfHangingEnv:
+    """Tasks with params["hang"] block in step until RELEASE is set; the others answer at once."""
+
+    RELEASE = None  # a threading.Event, set by the test
+    tools = [ToolSpec("go", "finishes the task", {"type": "object", "properties": {}})]
+    difficulties = (1,)
+
+    def __init__(self, task):
+        self.task = task
+        self.done = False
+
+    def reset(self):
+        return ""
+
+    def step(self, call):
+        if self.task.params["hang"]:
+            HalfHangingEnv.RELEASE.wait()
+        self.done = True
+        return StepResult("finished", done=True)
+
+    def verify(self):
+        return self.done
+
+    def close(self):
+        pass
+
+    @staticmethod
+    def generate_task(seed, difficulty):
+        return Task(id=f"half-{seed}", env="test-half-hanging", instruction="Call go.", params={"hang": seed % 2 == 0})
+
+    @staticmethod
+    def expert_solution(task):
+        return [ToolCall("go", {})]
+
+
+def test_hung_tools_cost_only_their_own_episodes(tiny_tokenizer, caplog):
+    """8 episodes on 4 tool threads, half of them calling a tool that never answers: the hung
+    ones end as timeout (logged with the tool's name), every healthy one finishes done. With the
+    queue time counted against the timeout, the healthy ones queued behind the hung would time out."""
+    import threading
+
+    from rollout.env_threads import EnvThreads
+
+    HalfHangingEnv.RELEASE = threading.Event()
+    chat = ChatFormat(tiny_tokenizer, HalfHangingEnv.tools)
+    tasks = [HalfHangingEnv.generate_task(seed, 1) for seed in range(8)]
+
+    class Go:
+        version = 0
+
+        async def generate(self, prompt_ids, sampling):
+            ids = chat.encode(format_tool_call(ToolCall("go", {})))
+            return Generation(ids, [0.0] * len(ids), "stop", 0)
+
+    async def main():
+        threads = EnvThreads(4)
+        try:
+            limits = EpisodeLimits(max_turns=2, tool_timeout_s=1.0)
+            return await run_episodes(Go(), chat, tasks, SamplingConfig(), limits, threads=threads)
+        finally:
+            threads.shutdown()
+
+    try:
+        trajs = asyncio.run(main())
+    finally:
+        HalfHangingEnv.RELEASE.set()
+    hung = [t for t, task in zip(trajs, tasks, strict=True) if task.params["hang"]]
+    healthy = [t for t, task in zip(trajs, tasks, strict=True) if not task.params["hang"]]
+    assert all(t.finish_reason == FinishReason.TIMEOUT and not t.success for t in hung)
+    assert all(t.finish_reason == FinishReason.DONE and t.success for t in healthy)
+    assert sum("tool go gave no answer within 1 s" in r.getMessage() for r in caplog.records) == 4
+
+
+def test_the_first_message_is_the_instruction_then_what_reset_returns(tiny_tokenizer):
+    from rollout.env import first_message
+
+    task = Task(id="t", env="x", instruction="Find the number between 1 and 10.", params={})
+
+    class Opening:
+        def reset(self):
+            return "You have 5 guesses."
+
+    class Silent:
+        def reset(self):
+            return ""
+
+    class SaysItItself:
+        reset_shows_instruction = True
+
+        def reset(self):
+            return "Find the number between 1 and 10. (5 guesses)"
+
+    assert first_message(Opening(), task) == "Find the number between 1 and 10.\nYou have 5 guesses."
+    assert first_message(Silent(), task) == "Find the number between 1 and 10."
+    assert first_message(SaysItItself(), task) == "Find the number between 1 and 10. (5 guesses)"
+    # Through the agent loop: the prompt of an environment without the flag carries the instruction.
+    chat = ChatFormat(tiny_tokenizer, HalfHangingEnv.tools)
+    healthy = HalfHangingEnv.generate_task(1, 1)
+    traj = asyncio.run(run_episode(ScriptedEngine(chat, [format_tool_call(ToolCall("go", {}))]), chat, healthy,
+                                   SamplingConfig(), EpisodeLimits(max_turns=1)))
+    assert "Call go." in tiny_tokenizer.decode(traj.token_ids[:traj.prompt_length])
+
+
+@register_env("test-verbose")
+class VerboseEnv:
+    """Its `dump` tool answers with a megabyte."""
+
+    tools = [ToolSpec("dump", "prints a lot", {"type": "object", "properties": {}})]
+    difficulties = (1,)
+
+    def __init__(self, task):
+        self.calls = 0
+
+    def reset(self):
+        return ""
+
+    def step(self, call):
+        self.calls += 1
+        return StepResult("x" * 1_000_000, done=self.calls == 2)
+
+    def verify(self):
+        return True
+
+    def close(self):
+        pass
+
+    @staticmethod
+    def generate_task(seed, difficulty):
+        return Task(id=f"verbose-{seed}", env="test-verbose", instruction="Dump.", params={})
+
+    @staticmethod
+    def expert_solution(task):
+        return [ToolCall("dump", {}), ToolCall("dump", {})]
+
+
+def test_long_observations_are_cut_before_the_context_and_the_store(tiny_tokenizer):
+    chat = ChatFormat(tiny_tokenizer, VerboseEnv.tools)
+    task = VerboseEnv.generate_task(0, 1)
+    limits = EpisodeLimits(max_turns=2, max_observation_chars=100)
+    traj = asyncio.run(run_episode(ScriptedEngine(chat, [format_tool_call(ToolCall("dump", {}))] * 2), chat, task,
+                                   SamplingConfig(), limits))
+    cut = "x" * 100 + "\n[observation cut to its first 100 of 1000000 characters]"
+    first = traj.turns[0]
+    assert cut in tiny_tokenizer.decode(traj.token_ids[first.action_end:first.observation_end])
+    assert traj.final_observation == cut and traj.success

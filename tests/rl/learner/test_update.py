@@ -83,3 +83,22 @@ def hand_confidence_of(learner: Learner, traj: Trajectory) -> float:
     with torch.no_grad():
         logprobs = token_logprobs(learner.model(input_ids=ids).logits[:, :-1], ids[:, 1:])[0]
     return float(logprobs[traj.prompt_length - 1:].mean().exp())
+
+
+def test_a_step_whose_groups_all_have_equal_rewards_leaves_the_weights_alone(qwen2_dir):
+    """Uniform groups kept in the batch (drop_uniform_groups=false), no KL term: the gradient is zero,
+    so there is no optimizer step; AdamW's weight decay alone would otherwise move every weight."""
+    cfg = load_config([f"model.path={qwen2_dir}", "algo.zero_stage=0", "algo.drop_uniform_groups=false",
+                       "algo.weight_decay=0.1"])
+    learner = Learner(qwen2_dir, LearnerConfig(lr=1e-2, weight_decay=0.1, micro_batch_size=4, zero_stage=0))
+    before = {k: v.clone() for k, v in learner.model.state_dict().items()}
+    uniform = [episode([1, 2, 3, 4], success=False, group="0"), episode([1, 2, 5, 6], success=False, group="0")]
+    metrics = policy_update(learner, None, update_settings(cfg), uniform, ["0", "0"], torch.zeros(2), 0, step=0)
+    assert metrics["train/optimizer_steps"] == 0 and metrics["train/skipped_update"] == 1.0
+    assert all(torch.equal(before[k], v) for k, v in learner.model.state_dict().items())
+    # A group with a signal steps as before.
+    varied = [episode([1, 2, 3, 4], success=True, group="1"), episode([1, 2, 5, 6], success=False, group="1")]
+    metrics = policy_update(learner, None, update_settings(cfg), varied, ["1", "1"], torch.tensor([1.0, 0.0]), 0,
+                            step=1)
+    assert metrics["train/optimizer_steps"] == 1 and metrics["train/skipped_update"] == 0.0
+    assert not all(torch.equal(before[k], v) for k, v in learner.model.state_dict().items())

@@ -209,3 +209,25 @@ def test_numbers_and_recurring_names_are_single_tokens_wherever_they_stand():
         assert word in pieces, pieces
         assert tok.decode(tok.encode(text)) == text
     assert [tok.decode([i]) for i in tok.encode("1895")] == ["189", "5"]
+
+
+def test_model_init_plays_model_corpus_episodes_of_each_environment(tmp_path, monkeypatch):
+    import rl.recipes.model_init as model_init
+    from rl.cli import main
+
+    played: dict[str, int] = {}
+    real = model_init.corpus_texts
+
+    def counting(env_name, num_tasks, seed=0, on_episode=None):
+        def count():
+            played[env_name] = played.get(env_name, 0) + 1
+            on_episode()
+
+        return real(env_name, num_tasks, seed, on_episode=count)
+
+    monkeypatch.setattr(model_init, "corpus_texts", counting)
+    monkeypatch.setenv("TURNRL_CACHE", str(tmp_path / "cache"))
+    main(["model", "init", f"model.base_path={tmp_path / 'base'}", "model.hidden_size=64", "model.num_layers=1",
+          "model.vocab_size=1024", "model.corpus_episodes=12", "env.name=craft"])
+    assert played == {"kbsearch": 12, "craft": 12}
+    assert (tmp_path / "base" / "config.json").exists()

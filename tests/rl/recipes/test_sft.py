@@ -60,3 +60,45 @@ def test_sft_under_torchrun_with_two_ranks_writes_one_trained_model(tiny_model_d
     name = "model.layers.0.mlp.down_proj.weight"
     assert not torch.equal(trained.state_dict()[name], base.state_dict()[name])
     assert proc.stderr.count("SFT policy written to") == 2  # both ranks finished; rank 0 wrote it
+
+
+def test_a_stopped_sft_run_goes_on_from_its_last_epoch_and_ends_where_an_unstopped_one_does(
+        tiny_model_dir, tmp_path, monkeypatch, caplog):
+    import logging
+
+    from rl.recipes import sft
+
+    args = dict(env_name="kbsearch", num_demos=16, difficulty_weights={1: 1.0}, epochs=2, lr=3e-3, batch_size=8,
+                seed=0, first_turn_epochs=1)
+    whole = run_sft(str(tiny_model_dir), str(tmp_path / "whole"), **args)
+
+    saves = []
+    original, original_step = sft.SFTCheckpoint.save, sft.sft_step
+
+    def save_then_die(self, state):
+        original(self, state)
+        saves.append(state["epoch"])
+        if len(saves) == 2:  # the first-turn epoch and the first full epoch are on disk
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(sft.SFTCheckpoint, "save", save_then_die)
+    out = tmp_path / "stopped"
+    with pytest.raises(KeyboardInterrupt):
+        run_sft(str(tiny_model_dir), str(out), **args)
+    assert not out.exists() and (tmp_path / "stopped.partial" / "state.pt").exists()
+    monkeypatch.setattr(sft.SFTCheckpoint, "save", original)
+    steps = []
+    monkeypatch.setattr(sft, "sft_step", lambda *a: steps.append(1) or original_step(*a))
+    with caplog.at_level(logging.INFO, logger="rl.recipes.sft"):
+        resumed = run_sft(str(tiny_model_dir), str(out), **args)
+    assert "SFT resumed from" in caplog.text and "sft, after epoch 1 of 2" in caplog.text
+    assert len(steps) == 2  # only the last epoch ran again: 16 demos in batches of 8
+    assert not (tmp_path / "stopped.partial").exists()
+    a = AutoModelForCausalLM.from_pretrained(tmp_path / "whole").state_dict()
+    b = AutoModelForCausalLM.from_pretrained(out).state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert resumed.final_loss == whole.final_loss
+    # Other settings do not resume a checkpoint made with these.
+    checkpoint = sft.SFTCheckpoint(tmp_path / "other.partial", {"lr": 1.0})
+    checkpoint.save({"stage": 1, "epoch": 1})
+    assert sft.SFTCheckpoint(tmp_path / "other.partial", {"lr": 2.0}).load() is None
