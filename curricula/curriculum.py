@@ -74,10 +74,11 @@ class CurriculumSettings:
         if self.proposer.examples < 1 or self.proposer.samples < 1:
             raise ValueError(f"proposer.examples={self.proposer.examples} and proposer.samples="
                              f"{self.proposer.samples} must be >= 1")
-        if enabled and (self.initial_tasks < 1 or len(self.band) != 2
+        if enabled and (self.initial_tasks < 1 or len(self.band) != 2 or not 0 <= self.band[0] <= self.band[1] <= 1
                         or self.uniform + self.success_band + self.learning_progress <= 0):
             raise ValueError(f"an enabled curriculum needs initial_tasks={self.initial_tasks} >= 1, band="
-                             f"{list(self.band)} a [low, high] and a positive weight among uniform={self.uniform}, "
+                             f"{list(self.band)} a [low, high] within [0, 1] and a positive weight among "
+                             f"uniform={self.uniform}, "
                              f"success_band={self.success_band} and learning_progress={self.learning_progress}")
 
 

@@ -14,6 +14,7 @@ import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
+from rollout.store import CorruptFileError
 from rollout.types import Task
 
 _SCHEMA = """
@@ -63,18 +64,23 @@ class TaskPool:
     def __init__(self, path: str | Path, ema: float = 0.5, read_only: bool = False) -> None:
         self.path = Path(path)
         self.ema = ema
-        if read_only:
-            if not self.path.exists():
-                raise FileNotFoundError(f"no task pool at {self.path}")
-            self._db = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None,
-                                       check_same_thread=False)
-            return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(_SCHEMA)
-        self._sort_stored_params()
+        try:
+            if read_only:
+                if not self.path.exists():
+                    raise FileNotFoundError(f"no task pool at {self.path}")
+                self._db = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True,
+                                           isolation_level=None, check_same_thread=False)
+                self._db.execute("SELECT count(*) FROM tasks").fetchone()
+                return
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.executescript(_SCHEMA)
+            self._sort_stored_params()
+        except sqlite3.DatabaseError as err:
+            raise CorruptFileError(f"{self.path} is not a readable task pool ({err}); every checkpoint holds a copy "
+                                   "(checkpoints/step_N/tasks.sqlite) that a resumed run restores") from None
 
     def _sort_stored_params(self) -> None:
         """Pools written before parameters were stored as sorted JSON hold some unsorted; rewrite

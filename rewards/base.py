@@ -9,7 +9,8 @@ ORM worker does) and it never blocks the event loop, so generation goes on while
   token (PPO's GAE sees them there; group-relative estimators use the episode's total);
 - metrics: named numbers for the logs (the composition prefixes them with the term's name);
 - flagged: optionally, per trajectory, the turns a term judged erroneous (the LLM judge with
-  `judge.flag_turns`). They stay in context with loss mask 0, as the environment's flagged turns do.
+  `judge.flag_turns`). They stay in context with loss mask 0, as the environment's flagged turns do;
+- failure: why a term could score none of the group (`StopOnFailedRewards` stops a run on a streak).
 
 Terms: `verifier` (the environment's verifier), `format` (a penalty per malformed or failed tool
 call, on its turn), `length` (DAPO's soft over-length penalty); `rewards/orm.py` and
@@ -19,10 +20,13 @@ call, on its turn), `length` (DAPO's soft over-length penalty); `rewards/orm.py`
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from rollout.types import Task, Trajectory
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -31,6 +35,9 @@ class GroupRewards:
     turn: list[list[float]] | None = None  # per trajectory, one per turn (None: no per-turn rewards)
     metrics: dict[str, float] = field(default_factory=dict)
     flagged: list[set[int]] | None = None  # per trajectory, indices of turns to mask
+    # Set by a term that could score none of the group's trajectories (every call to its model or
+    # service failed): why, for the trainer's log and its stop after reward.max_failed_groups.
+    failure: str | None = None
 
     def totals(self) -> list[float]:
         """Each trajectory's return: its outcome plus its per-turn rewards."""
@@ -120,4 +127,34 @@ class WeightedSum:
                 flagged = [a | b for a, b in zip(flagged or [set() for _ in range(n)], part.flagged, strict=True)]
             metrics[f"{name}/mean"] = sum(part.totals()) / n
             metrics.update({f"{name}/{k}": v for k, v in part.metrics.items()})
-        return GroupRewards(outcome, turn, metrics, flagged)
+        failures = [f"reward term {name!r}: {part.failure}" for name, part in zip(names, parts, strict=True)
+                    if part.failure]
+        return GroupRewards(outcome, turn, metrics, flagged, "; ".join(failures) or None)
+
+
+class FailedRewardError(RuntimeError):
+    """A reward term failed on every episode of too many groups in a row."""
+
+
+class StopOnFailedRewards:
+    """`reward`, stopping the run once `max_groups` groups in a row came back with a failure (a term
+    that could score none of their episodes: a judge endpoint that is down trains on zeros
+    otherwise); each such group is logged. `max_groups` 0: never stop."""
+
+    def __init__(self, reward: Reward, max_groups: int) -> None:
+        self.reward, self.max_groups = reward, max_groups
+        self.in_a_row = 0
+
+    async def __call__(self, task: Task, trajectories: list[Trajectory]) -> GroupRewards:
+        scored = await self.reward(task, trajectories)
+        if scored.failure is None:
+            self.in_a_row = 0
+            return scored
+        self.in_a_row += 1
+        log.warning("no reward for any episode of a group of task %s (%d in a row): %s", task.id, self.in_a_row,
+                    scored.failure)
+        if self.max_groups and self.in_a_row >= self.max_groups:
+            raise FailedRewardError(f"{self.in_a_row} groups in a row got no reward ({scored.failure}); stopping "
+                                    "rather than train on nothing (reward.max_failed_groups="
+                                    f"{self.max_groups}; 0 never stops)")
+        return scored

@@ -80,6 +80,8 @@ class JudgeSettings:
         """Raise ValueError naming the field of a value no judge can run with."""
         if self.on_unparseable not in UNPARSEABLE_POLICIES:
             raise ValueError(f"on_unparseable={self.on_unparseable!r} must be one of {UNPARSEABLE_POLICIES}")
+        if self.timeout_s <= 0 or self.retries < 0:
+            raise ValueError(f"timeout_s={self.timeout_s} must be > 0 and retries={self.retries} >= 0")
         if self.samples < 1 or self.score_max <= self.score_min:
             raise ValueError(f"samples={self.samples} must be >= 1 and score_max={self.score_max} > "
                              f"score_min={self.score_min}")
@@ -152,6 +154,7 @@ class JudgeReward:
         self.client, self.rubric, self.tokenizer, self.s = client, rubric, tokenizer, settings
         self._cache: OrderedDict[str, tuple[float, set[int]]] = OrderedDict()
         self.counts: Counter[str] = Counter()
+        self.last_error = ""  # of the last call that failed, for GroupRewards.failure
 
     async def __call__(self, task: Task, trajectories: list[Trajectory]) -> GroupRewards:
         before = Counter(self.counts)
@@ -167,7 +170,10 @@ class JudgeReward:
         if self.s.flag_turns:
             flagged = [turns for _, turns in judged]
             metrics["flagged_turn_share"] = sum(map(len, flagged)) / max(sum(len(t.turns) for t in trajectories), 1)
-        return GroupRewards(outcome, metrics=metrics, flagged=flagged)
+        failure = None
+        if new["error"] and new["error"] == calls:
+            failure = f"every judge call failed, {self.s.retries + 1} tries each ({self.last_error})"
+        return GroupRewards(outcome, metrics=metrics, flagged=flagged, failure=failure)
 
     async def judge(self, task: Task, trajectory: Trajectory) -> tuple[float, set[int]]:
         """(the score in [0, 1], the turns flagged as mistakes; empty without judge.flag_turns)."""
@@ -221,6 +227,7 @@ class JudgeReward:
                     answers = await self.client.complete(prompt, n, self.s.temperature, self.s.max_tokens)
                 return list(answers)[:n] + [""] * (n - len(answers))
             except Exception as err:  # a broken or slow judge must not take the run down
+                self.last_error = repr(err)
                 log.warning("judge call failed (try %d of %d): %r", attempt + 1, self.s.retries + 1, err)
                 if attempt < self.s.retries:
                     await asyncio.sleep(delay)

@@ -17,7 +17,7 @@ from transformers import AutoTokenizer
 
 from curricula.proposer import LLMProposer
 from curricula.replay import ReplaySettings
-from rewards.base import FormatPenalty, LengthPenalty, Reward, VerifierReward, WeightedSum
+from rewards.base import FormatPenalty, LengthPenalty, Reward, StopOnFailedRewards, VerifierReward, WeightedSum
 from rewards.judge import JudgeReward, load_rubric
 from rewards.orm import OrmReward, OrmScorer
 from rl.cluster.reward_pool import RemoteReward
@@ -188,9 +188,10 @@ REWARD_TERM_BUILDERS = {
 MODEL_TERMS = ("orm", "judge")  # hold a model: served by a Ray reward worker when Ray is on
 
 
-def make_reward(cfg: TurnRLConfig) -> WeightedSum:
+def make_reward(cfg: TurnRLConfig) -> Reward:
     """The reward terms of non-zero weight as one weighted sum (model-holding terms in Ray reward
-    workers when Ray is on)."""
+    workers when Ray is on), stopping the run after reward.max_failed_groups groups in a row that
+    a term could not score."""
     if cfg.reward.orm and not Path(cfg.orm.path, "config.json").exists():
         raise FileNotFoundError(f"reward.orm={cfg.reward.orm} but there is no ORM at orm.path={cfg.orm.path}: train "
                                 "one with `turnrl orm train orm.data=[runs/<run>/trajectories.jsonl]`")
@@ -201,7 +202,7 @@ def make_reward(cfg: TurnRLConfig) -> WeightedSum:
         remote = name in MODEL_TERMS and cfg.ray.enabled
         terms[name] = (RemoteReward(name, build_term, r.cpus_per_worker, r.timeout_s, r.max_worker_restarts)
                        if remote else build_term(), weight)
-    return WeightedSum(terms)
+    return StopOnFailedRewards(WeightedSum(terms), r.max_failed_groups)
 
 
 def task_writer_path(cfg: TurnRLConfig) -> str:

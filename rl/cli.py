@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from rl.config import CONFIG_DIR, ConfigError, TurnRLConfig, load_config, to_yaml
+from rl.errors import USER_ERRORS
 
 log = logging.getLogger("turnrl")
 
@@ -161,10 +162,24 @@ def cmd_tasks(cfg: TurnRLConfig) -> None:
     _print_result(lineage_tree(TaskPool(path, read_only=True)))
 
 
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+
+
 def _require_model(path: str) -> None:
-    if not Path(path, "config.json").exists():
-        raise SystemExit(f"no model at model.path={path}: run `turnrl model init && turnrl sft` for the tiny "
+    """model.path is a Hugging Face causal-LM directory with a tokenizer (before anything starts)."""
+    config = Path(path, "config.json")
+    if not config.exists():
+        raise SystemExit(f"turnrl: no model at model.path={path}: run `turnrl model init && turnrl sft` for the tiny "
                          "default, or point model.path at a Hugging Face model directory")
+    try:
+        model_type = json.loads(config.read_text()).get("model_type")
+    except (json.JSONDecodeError, AttributeError) as err:
+        raise SystemExit(f"turnrl: model.path={path}: config.json is not a model config ({err})") from None
+    if not model_type:
+        raise SystemExit(f"turnrl: model.path={path}: config.json names no model_type, so it is not a Hugging Face "
+                         "model directory")
+    if not any(Path(path, name).exists() for name in _TOKENIZER_FILES):
+        raise SystemExit(f"turnrl: model.path={path} has no tokenizer (none of {', '.join(_TOKENIZER_FILES)})")
 
 
 # Commands with sub-commands: group -> (help, {sub-command: (handler, help)}).
@@ -238,7 +253,11 @@ def _run(args: argparse.Namespace) -> None:
         _print_result(to_yaml(cfg))
         return
     if args.command == "train" and os.environ.get("RANK", "0") == "0":
-        _setup_logging(Path(cfg.train.out_dir) / "train.log")
+        try:
+            _setup_logging(Path(cfg.train.out_dir) / "train.log")  # the run's first write there
+        except OSError as err:
+            raise SystemExit(f"turnrl: train.out_dir={cfg.train.out_dir} is not writable: "
+                             f"{err.strerror or err}") from None
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if args.command == "model":
         handler = cmd_model_init
@@ -246,7 +265,11 @@ def _run(args: argparse.Namespace) -> None:
         handler = GROUPS[args.command][1][args.group_command][0]
     else:
         handler = COMMANDS[args.command][0]
-    handler(cfg)
+    try:
+        handler(cfg)
+    except USER_ERRORS as err:  # bad input, not our bug: one line (also in train.log), no traceback
+        log.error("%s", err)
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ import torch
 
 from rl.buffer import BufferStats, ScoredGroup
 from rl.evaluate import EvalResult
+from rollout.store import read_jsonl, rewrite_jsonl
 from rollout.types import Trajectory
 from rollout.worker import RolloutStats
 
@@ -40,13 +41,15 @@ def resolve_wandb_mode(mode: str) -> str:
 
 class MetricsSink:
     def __init__(self, out_dir: Path, config: dict[str, Any], wandb_mode: str, project: str, run_name: str,
-                 resume_step: int = 0) -> None:
+                 resume_step: int = 0, keep: int | None = None) -> None:
+        """On resume (`resume_step` > 0) the file keeps exactly the `keep` rows the checkpoint
+        counted (else those of steps up to `resume_step`)."""
         out_dir.mkdir(parents=True, exist_ok=True)
         self.path = out_dir / "metrics.jsonl"
         if resume_step == 0 and self.path.exists():
             self.path.unlink()
         elif resume_step > 0:
-            self._drop_after(resume_step)
+            self._drop_after(resume_step, keep)
         self._file = self.path.open("a")
         self.history: list[dict[str, Any]] = self._read_history()
         self.wandb = None
@@ -58,16 +61,15 @@ class MetricsSink:
                                     dir=str(out_dir), reinit="finish_previous")
             log.info("wandb run %s (%s) in %s", self.wandb.id, mode, out_dir)
 
-    def _drop_after(self, step: int) -> None:
-        # A resumed run replays steps after its checkpoint; their old lines would be duplicates.
-        if not self.path.exists():
-            return
-        lines = [line for line in self.path.read_text().splitlines() if line.strip()]
-        kept = [line for line in lines if json.loads(line).get("step", 0) <= step]
-        self.path.write_text("".join(line + "\n" for line in kept))
+    def _drop_after(self, step: int, keep: int | None) -> None:
+        # A resumed run replays what came after its checkpoint; those old rows would be duplicates
+        # (and a kill may have torn the last one).
+        if self.path.exists():
+            rows = read_jsonl(self.path)
+            rewrite_jsonl(self.path, rows[:keep] if keep is not None else [r for r in rows if r.get("step", 0) <= step])
 
     def _read_history(self) -> list[dict[str, Any]]:
-        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+        return read_jsonl(self.path)
 
     def log(self, metrics: dict[str, float], step: int) -> None:
         row = {"step": step, **{k: _plain(v) for k, v in metrics.items()}}

@@ -9,11 +9,14 @@ policy versions that produced it, and where it came from (`source`: train, or ev
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict
 from pathlib import Path
 
 from rollout.types import Task, Trajectory
+
+log = logging.getLogger(__name__)
 
 
 def trajectory_record(traj: Trajectory, task: Task, tokenizer, step: int, source: str) -> dict:
@@ -40,18 +43,47 @@ def trajectory_record(traj: Trajectory, task: Task, tokenizer, step: int, source
     }
 
 
-class TrajectoryStore:
-    """Appends records to a JSONL file; on resume, drops records from steps after the checkpoint
-    (they will be generated again), so no episode is stored twice."""
+class CorruptFileError(ValueError):
+    """A file of a run is damaged beyond the torn last line a kill leaves; the message names it."""
 
-    def __init__(self, path: str | Path, resume_step: int | None = None) -> None:
+
+def read_jsonl(path: Path) -> list[dict]:
+    """The records of a JSONL file that a killed run may have torn: a torn last line is dropped
+    (with a warning naming the file); a bad line elsewhere raises CorruptFileError naming file and line."""
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    records = []
+    for i, line in enumerate(lines):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i != len(lines) - 1:
+                raise CorruptFileError(f"{path}:{i + 1} is not a JSON record (only a torn last line is "
+                                       "repaired): fix or remove that line") from None
+            log.warning("%s: dropped its torn last line (line %d, from a run killed mid-write)", path, i + 1)
+    return records
+
+
+def rewrite_jsonl(path: Path, records: Iterable[dict]) -> None:
+    """Replace `path` with `records`, atomically (beside it, then renamed over)."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
+    tmp.replace(path)
+
+
+class TrajectoryStore:
+    """Appends records to a JSONL file. On resume it keeps exactly the `keep` records the checkpoint
+    counted (else those of steps up to `resume_step`), dropping what came after it (generated
+    again) and a torn last line, so no episode is stored twice; `records` counts what it holds."""
+
+    def __init__(self, path: str | Path, resume_step: int | None = None, keep: int | None = None) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.records = 0
         if resume_step is not None and self.path.exists():
-            kept = [line for line in self.path.read_text().splitlines() if json.loads(line)["step"] <= resume_step]
-            tmp = self.path.with_suffix(".tmp")
-            tmp.write_text("".join(line + "\n" for line in kept))
-            tmp.replace(self.path)
+            records = read_jsonl(self.path)
+            kept = records[:keep] if keep is not None else [r for r in records if r["step"] <= resume_step]
+            rewrite_jsonl(self.path, kept)
+            self.records = len(kept)
         elif resume_step is None and self.path.exists():
             self.path.unlink()  # a fresh run
 
@@ -59,15 +91,10 @@ class TrajectoryStore:
         with self.path.open("a") as f:
             for record in records:
                 f.write(json.dumps(record) + "\n")
+                self.records += 1
 
 
 def read_trajectories(paths: Iterable[str | Path]) -> Iterator[dict]:
     """Records from JSONL stores; a torn last line (a run killed mid-write) is skipped."""
     for path in paths:
-        lines = Path(path).read_text().splitlines()
-        for i, line in enumerate(lines):
-            try:
-                yield json.loads(line)
-            except json.JSONDecodeError:
-                if i != len(lines) - 1:
-                    raise ValueError(f"{path}:{i + 1} is not a JSON trajectory record") from None
+        yield from read_jsonl(Path(path))

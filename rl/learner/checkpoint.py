@@ -9,7 +9,8 @@ then `root/latest` is replaced to name it; a crash leaves at most a temp dir, wh
     config.json              the run config (JSON, for reading)
     extra.pt                 caller state (sampler state, metrics history), pickled so types survive
                              exactly (int dict keys, tuples), which JSON would not keep
-    meta.json                step, world size, ZeRO stage and the byte size of every file above
+    meta.json                step, world size, ZeRO stage and the byte size and SHA-256 of every
+                             file above, checked on load: a changed byte is refused like a lost one
 
 DeepSpeed's checkpoint (not a torch.save of the optimizer) because under ZeRO each rank holds only
 its partition of the optimizer state and fp32 master weights; its loader puts them back.
@@ -18,6 +19,8 @@ Resuming needs the same number of learner ranks.
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
 import logging
 import os
@@ -31,16 +34,17 @@ from typing import Any
 import numpy as np
 import torch
 
+from rl.errors import TurnRLError
 from rl.learner.learner import Learner
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the manifest holds each file's SHA-256 (1: its size only)
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 _DS_TAG = "deepspeed"
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(TurnRLError, RuntimeError):
     """A checkpoint directory is missing, incomplete or corrupt; the message names the path and what."""
 
 
@@ -70,9 +74,22 @@ def _write_json(path: Path, obj: Any) -> None:
     path.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
-def _manifest(directory: Path) -> dict[str, int]:
-    return {str(p.relative_to(directory)): p.stat().st_size
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 24):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _manifest(directory: Path) -> dict[str, dict[str, Any]]:
+    return {str(p.relative_to(directory)): {"bytes": p.stat().st_size, "sha256": _sha256(p)}
             for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def _non_finite_weights(learner: Learner) -> list[str]:
+    """Names of this rank's parameters holding NaN or inf (under ZeRO-3: of its partitions)."""
+    return [name for name, param in learner.model.named_parameters() if not torch.isfinite(param.detach()).all()]
 
 
 def save_checkpoint(root: str | Path, learner: Learner, step: int, config: dict | None = None,
@@ -87,6 +104,25 @@ def save_checkpoint(root: str | Path, learner: Learner, step: int, config: dict 
     root = Path(root)
     final = root / f"step_{step}"
     tmp = root / f".tmp-step_{step}"
+    bad = _non_finite_weights(learner)
+    if bad:
+        raise CheckpointError(f"not saving step {step}: the weights hold NaN or inf ({', '.join(bad[:3])}"
+                              f"{', ...' if len(bad) > 3 else ''}); the last checkpoint stays the latest")
+    try:
+        _write_checkpoint(root, tmp, final, learner, step, config, extra, write_files)
+    except (OSError, RuntimeError) as err:  # torch's writer raises RuntimeError for a full disk
+        if learner.rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+        full = getattr(err, "errno", None) == errno.ENOSPC or "No space left" in str(err)
+        why = "the disk is full (ENOSPC: no space left on device)" if full else repr(err)
+        raise CheckpointError(f"checkpoint step {step} could not be written under {root}: {why}; the last "
+                              f"complete one ({latest_checkpoint(root)}) stays the one train.resume=auto "
+                              "takes") from err
+    return final
+
+
+def _write_checkpoint(root: Path, tmp: Path, final: Path, learner: Learner, step: int, config: dict | None,
+                      extra: dict | None, write_files: Callable[[Path], None] | None) -> None:
     if learner.rank == 0:
         root.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)  # a crashed earlier attempt
@@ -116,7 +152,6 @@ def save_checkpoint(root: str | Path, learner: Learner, step: int, config: dict 
         os.replace(pointer, root / "latest")
         log.info("checkpoint saved: %s", final)
     _barrier(learner)
-    return final
 
 
 def verify_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -129,7 +164,7 @@ def verify_checkpoint(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"checkpoint {path} is incomplete: meta.json is missing (interrupted save?)")
     try:
         meta = json.loads(meta_path.read_text())
-        files: dict[str, int] = meta["files"]
+        files: dict[str, dict | int] = meta["files"]
         if not {"step", "world_size"} <= meta.keys():
             raise KeyError("step/world_size")
     except (json.JSONDecodeError, KeyError, TypeError) as err:
@@ -137,8 +172,14 @@ def verify_checkpoint(path: str | Path) -> dict[str, Any]:
     missing = [name for name in files if not (path / name).is_file()]
     if missing:
         raise CheckpointError(f"checkpoint {path} is incomplete: missing {', '.join(missing)}")
-    wrong = [f"{name} ({(path / name).stat().st_size} bytes, expected {size})"
-             for name, size in files.items() if (path / name).stat().st_size != size]
+    wrong = []
+    for name, entry in files.items():
+        size = entry if isinstance(entry, int) else entry["bytes"]  # format 1: sizes only
+        actual = (path / name).stat().st_size
+        if actual != size:
+            wrong.append(f"{name} ({actual} bytes, expected {size})")
+        elif isinstance(entry, dict) and _sha256(path / name) != entry["sha256"]:
+            wrong.append(f"{name} (its bytes changed since it was saved: SHA-256 differs)")
     if wrong:
         raise CheckpointError(f"checkpoint {path} is corrupt: truncated or altered {', '.join(wrong)}")
     return meta
@@ -201,7 +242,7 @@ def resolve_resume(resume: str, out_dir: str | Path) -> Path | None:
     if not resume:
         return None
     if resume == "auto":
-        return latest_checkpoint(Path(out_dir) / "checkpoints")
+        return _newest_intact(Path(out_dir) / "checkpoints")
     path = Path(resume)
     if (path / "meta.json").exists():
         return path
@@ -209,3 +250,17 @@ def resolve_resume(resume: str, out_dir: str | Path) -> Path | None:
     if latest is None:
         raise CheckpointError(f"train.resume={resume}: no complete checkpoint there")
     return latest
+
+
+def _newest_intact(root: Path) -> Path | None:
+    """`resume=auto`'s checkpoint: the newest under `root` that verifies (a requeued job must not die
+    on a save its kill tore, nor on a damaged file: it warns and takes the one before)."""
+    steps = sorted(((int(m.group(1)), p) for p in root.glob("step_*") if (m := _STEP_DIR.match(p.name))),
+                   reverse=True)
+    for _, path in steps:
+        try:
+            verify_checkpoint(path)
+            return path
+        except CheckpointError as err:
+            log.warning("resume=auto skips %s: %s", path, err)
+    return None

@@ -30,10 +30,16 @@ from rl.algo.losses import (
 )
 from rl.algo.packing import micro_batches, packed_logits, pad_rows
 from rl.cluster.ray_env import free_port
+from rl.errors import TurnRLError
 from rl.learner.settings import DTYPES, LearnerSettings
 from rollout.types import Trajectory
 
 log = logging.getLogger(__name__)
+
+
+class NonFiniteError(TurnRLError, RuntimeError):
+    """A learner step met a NaN or inf loss or gradient; the message names which and where."""
+
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}  # the torch dtype of each of DTYPES
 
@@ -325,13 +331,21 @@ class Learner:
                 kl_ref.item(), entropy, mean_weight)], dtype=torch.float64)
         # ZeRO stages 1-3 report the pre-clip norm after step(); stage 0 does not, so measure it here.
         grad_norm = self._grad_norm() if cfg.zero_stage == 0 else None
+        sums = self._all_reduce_sum(sums)  # every rank sees the same loss, so all stop or none
+        loss_mean = sums[0].item() / max(total_units, 1.0)
+        for what, value in (("loss", loss_mean), ("gradient norm", grad_norm)):
+            if value is not None and not math.isfinite(value):
+                raise NonFiniteError(f"optimizer step {self.step + 1}: the {what} is {value}; no step was taken "
+                                     f"and nothing is saved (lr={cfg.lr}: a learning rate too high, or weights "
+                                     "from a damaged checkpoint, give this)")
         self.engine.step()
         self.step += 1
         if grad_norm is None:
             grad_norm = self.engine.get_global_grad_norm()
+            if grad_norm is not None and not math.isfinite(float(grad_norm)):
+                raise NonFiniteError(f"optimizer step {self.step}: the gradient norm is {float(grad_norm)}; the "
+                                     "weights may now hold NaN, and no checkpoint of them will be saved")
 
-        sums = self._all_reduce_sum(sums)
-        loss_mean = sums[0].item() / max(total_units, 1.0)
         sums = sums / max(total_tokens, 1.0)
         return {
             "loss": loss_mean,

@@ -43,6 +43,12 @@ class LearnerSettings:
                                      ("zero_stage", self.zero_stage, (0, 1, 2, 3))]:
             if value not in allowed:
                 raise ValueError(f"{name}={value!r} must be one of {allowed}")
+        for name, value, low, strict in [("lr", self.lr, 0, True), ("clip_eps", self.clip_eps, 0, True),
+                                         ("weight_decay", self.weight_decay, 0, False),
+                                         ("grad_clip", self.grad_clip, 0, False), ("kl_coef", self.kl_coef, 0, False),
+                                         ("micro_batch_size", self.micro_batch_size, 1, False)]:
+            if value < low or (strict and value == low):
+                raise ValueError(f"{name}={value} must be {'>' if strict else '>='} {low}")
         if self.is_cap < 1:
             raise ValueError(f"is_cap={self.is_cap} must be >= 1 (it truncates importance weights from above)")
         if self.micro_batch_tokens < 0:

@@ -16,6 +16,7 @@ import asyncio
 import json
 import logging
 import os
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -25,7 +26,7 @@ import torch
 from tqdm import tqdm
 from transformers import AutoTokenizer
 
-from curricula.curriculum import Curriculum, pilot_rollouts
+from curricula.curriculum import POOL_FILE, Curriculum, pilot_rollouts
 from curricula.reflection import reflection_splices
 from curricula.replay import ReplayBuffer
 from curricula.tasks import UniformTaskSampler, heldout_tasks
@@ -44,7 +45,9 @@ from rl.build import (
 )
 from rl.cluster.ray_env import start_ray
 from rl.config import TurnRLConfig
+from rl.errors import TurnRLError
 from rl.evaluate import EvalResult, evaluate
+from rl.learner.checkpoint import verify_checkpoint
 from rl.learner.group import (
     LearnerGroup,
     LearnerSpec,
@@ -75,6 +78,9 @@ async def train_async(cfg: TurnRLConfig) -> dict:
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun
         run_learner_rank(spec)
         return {}
+    finished = _check_start(cfg, spec.resume_from)
+    if finished is not None:
+        return finished
     started_ray = cfg.ray.enabled and start_ray(cfg.ray.address, cfg.ray.num_cpus, cfg.env.modules)
     learner_ranks = []
     try:
@@ -89,6 +95,63 @@ async def train_async(cfg: TurnRLConfig) -> dict:
         stop_learner_ranks(learner_ranks)
         if started_ray:
             ray.shutdown()
+
+
+# What a run writes under train.out_dir (train.log aside: this run's log is already open there).
+RUN_OUTPUTS = ("metrics.jsonl", "trajectories.jsonl", "summary.json", "report.png", POOL_FILE, "checkpoints",
+               "final_model", "wandb")
+
+
+def _check_start(cfg: TurnRLConfig, resume_from: Path | None) -> dict | None:
+    """Before anything starts: a fresh run never overwrites another in its out_dir (unless
+    train.overwrite), a resumed one is not past train.steps; returns the summary of a run that
+    already finished (a requeued job that has nothing left to do), else None."""
+    out_dir, t = Path(cfg.train.out_dir), cfg.train
+    if resume_from is None:
+        found = [name for name in RUN_OUTPUTS if (out_dir / name).exists()]
+        if found and not t.overwrite and t.resume != "auto":
+            raise RunStartError(f"train.out_dir={out_dir} holds a run ({', '.join(found)}): resume it with "
+                                 "train.resume=auto, start over with train.overwrite=true (deletes those), or pick "
+                                 "another train.out_dir")
+        for name in found:
+            path = out_dir / name
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+        if found:
+            log.warning("a fresh run in %s: deleted the earlier run's %s", out_dir, ", ".join(found))
+        return None
+    _check_same_shape(resume_from, Path(cfg.model.path))
+    done = verify_checkpoint(resume_from)["step"]  # a damaged one is refused before anything starts
+    if done > t.steps:
+        raise RunStartError(f"train.steps={t.steps} is below the step of the checkpoint to resume ({resume_from}, "
+                             f"step {done}): set train.steps >= {done}")
+    summary = out_dir / "summary.json"
+    if done == t.steps and summary.exists() and summary.stat().st_mtime >= resume_from.stat().st_mtime:
+        log.info("the run in %s already finished (step %d, %s): nothing to do", out_dir, done, summary)
+        return json.loads(summary.read_text())
+    return None
+
+
+_SHAPE_KEYS = ("model_type", "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+               "num_attention_heads", "num_key_value_heads")
+
+
+def _check_same_shape(checkpoint: Path, model_path: Path) -> None:
+    """The checkpoint holds a model of model.path's shape (else DeepSpeed fails deep inside with a
+    size-mismatch traceback)."""
+    try:
+        saved = json.loads((checkpoint / "hf" / "config.json").read_text())
+        ours = json.loads((model_path / "config.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return  # what is missing or torn is named when the checkpoint is verified
+    differ = [f"{k} {saved.get(k)} vs {ours.get(k)}" for k in _SHAPE_KEYS if saved.get(k) != ours.get(k)]
+    if differ:
+        raise RunStartError(f"train.resume: checkpoint {checkpoint} holds a model of another shape than "
+                            f"model.path={model_path} ({'; '.join(differ)}): resume with the model the run "
+                            "started from")
+
+
+class RunStartError(TurnRLError):
+    """train.out_dir or train.resume does not fit the run asked for; the message says what to set."""
 
 
 @dataclass
@@ -125,10 +188,12 @@ async def _build_run(cfg: TurnRLConfig, spec: LearnerSpec) -> _Run:
         await rollout.update_weights(learners.weights(), version=start)
     reward = make_reward(cfg)
     store = None
+    # A resumed run's files hold exactly what they held at its checkpoint (the counts it saved).
     if cfg.logger.save_trajectories:
-        store = TrajectoryStore(out_dir / "trajectories.jsonl", resume_step=start if start else None)
+        store = TrajectoryStore(out_dir / "trajectories.jsonl", resume_step=start if start else None,
+                                keep=extra.get("stored_records"))
     sink = MetricsSink(out_dir, record, cfg.logger.wandb_mode, cfg.logger.project, cfg.logger.run_name,
-                       resume_step=start)
+                       resume_step=start, keep=extra.get("metrics_rows"))
     e = cfg.env
     heldout = heldout_tasks(e.name, e.eval_difficulties, e.eval_tasks_per_difficulty, e.eval_seed_offset)
     log.info("held-out set: %d %s tasks, %d per difficulty %s, seeds from env.eval_seed_offset=%d", len(heldout),
@@ -156,7 +221,8 @@ async def _build_run(cfg: TurnRLConfig, spec: LearnerSpec) -> _Run:
 def _run_state(run: _Run, sft_eval: EvalResult) -> dict:
     """What a checkpoint keeps of the run beside the learner; `_restore_run_state` reads it back."""
     state = {"sampler": run.sampler.state_dict(), "eval_sft": asdict(sft_eval),
-             "next_group_index": run.buffer.next_index}
+             "next_group_index": run.buffer.next_index, "metrics_rows": len(run.sink.history),
+             "stored_records": run.store.records if run.store is not None else None}
     if run.curriculum is not None:
         state["curriculum"] = run.curriculum.state_dict()
     if run.replay is not None:
@@ -198,14 +264,14 @@ async def _train_rank0(cfg: TurnRLConfig, spec: LearnerSpec) -> dict:
     producer = None
     run_start = time.perf_counter()
     try:
-        if "eval_sft" in learners.extra:
+        if "eval_sft" in learners.extra:  # resumed: logged and stored by the first run
             sft_eval = EvalResult(**learners.extra["eval_sft"])
         else:
             sft_eval, sft_trajs = await evaluate(rollout, run.heldout, desc="eval (SFT policy)")
             run.save_trajectories(sft_trajs, run.heldout, start_step, "eval")
             log.info("held-out success of the starting policy: %.3f %s", sft_eval.success,
                      sft_eval.success_by_difficulty)
-        sink.log({**sft_eval.metrics("eval/"), "eval/success_sft": sft_eval.success}, step=start_step)
+            sink.log({**sft_eval.metrics("eval/"), "eval/success_sft": sft_eval.success}, step=start_step)
 
         # rollout.source=proxy: your own agent plays the episodes through an OpenAI-compatible endpoint.
         proxy = None

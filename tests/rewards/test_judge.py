@@ -199,3 +199,33 @@ def test_the_judge_sees_the_environments_answer_to_the_last_action(flag_turns):
         assert "answer(Lyon)ok\n[the environment's answer to the last action]\nCorrect: Lyon.\nTRANSCRIPT" in prompt
     finally:
         server.close()
+
+
+def test_a_judge_that_fails_every_call_stops_the_run_after_max_failed_groups(caplog):
+    """A closed endpoint: every group comes back with a failure; the run stops at the third in a
+    row (logged on the way) instead of training on zeros. One good group resets the count."""
+    from rewards.base import FailedRewardError, StopOnFailedRewards
+
+    server = ScriptedJudgeServer(["<500>"] * 4 + ["Score: 5"] + ["<500>"] * 100)
+    try:
+        judge = JudgeReward(HTTPCompletion(server.url, "judge"), Rubric(), CharTokenizer(),
+                            JudgeSettings(timeout_s=1.0, retries=1))
+        reward = StopOnFailedRewards(WeightedSum({"judge": (judge, 1.0)}), max_groups=3)
+        groups = 0
+
+        def group():
+            nonlocal groups
+            groups += 1
+            traj = three_turn_trajectory()
+            traj.final_observation = f"group {groups}"  # a new transcript: not from the judge's cache
+            return asyncio.run(reward(TASK, [traj]))
+
+        assert group().failure.startswith("reward term 'judge': every judge call failed, 2 tries each (")
+        group()
+        assert "no reward for any episode of a group of task t (2 in a row)" in caplog.text
+        assert group().failure is None and reward.in_a_row == 0  # the endpoint answered
+        group(), group()
+        with pytest.raises(FailedRewardError, match=r"3 groups in a row got no reward .*reward.max_failed_groups=3"):
+            group()
+    finally:
+        server.close()

@@ -31,3 +31,17 @@ def test_report_png_is_written(tmp_path):
     history += [{"step": 0, "eval/success": 0.2}, {"step": 10, "eval/success": 0.6}]
     write_report(history, 0.2, 0.6, tmp_path / "report.png")
     assert (tmp_path / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_resumed_sink_drops_later_steps_and_a_torn_last_line(tmp_path):
+    import json
+
+    from rl.metrics import MetricsSink
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("".join(json.dumps({"step": s, "x": s}) + "\n" for s in (1, 2, 3)) + '{"step": 4, "x"')
+    sink = MetricsSink(tmp_path, {}, "disabled", "p", "", resume_step=2)
+    sink.log({"x": 3.5}, step=3)
+    sink.close()
+    assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [1, 2, 3]
+    assert [r["step"] for r in sink.history] == [1, 2, 3]

@@ -42,3 +42,28 @@ def test_a_torn_last_line_is_skipped_but_a_corrupt_middle_line_is_an_error(tmp_p
     path.write_text('{"st\n' + json.dumps({"step": 1}) + "\n")
     with pytest.raises(ValueError, match="t.jsonl:1"):
         list(read_trajectories([path]))
+
+
+def test_a_torn_last_line_is_repaired_on_resume_and_named(tmp_path, caplog):
+    import json
+
+    from rollout.store import TrajectoryStore
+
+    path = tmp_path / "trajectories.jsonl"
+    path.write_text(json.dumps({"step": 1}) + "\n" + json.dumps({"step": 2}) + "\n" + '{"step": 3, "tas')
+    TrajectoryStore(path, resume_step=2)
+    assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [1, 2]
+    assert f"{path}: dropped its torn last line (line 3" in caplog.text
+
+
+def test_a_bad_line_inside_a_store_is_refused_with_its_file_and_line(tmp_path):
+    import json
+
+    import pytest
+
+    from rollout.store import CorruptFileError, TrajectoryStore
+
+    path = tmp_path / "trajectories.jsonl"
+    path.write_text(json.dumps({"step": 1}) + "\n" + "garbage\n" + json.dumps({"step": 2}) + "\n")
+    with pytest.raises(CorruptFileError, match=r"trajectories\.jsonl:2 is not a JSON record"):
+        TrajectoryStore(path, resume_step=2)

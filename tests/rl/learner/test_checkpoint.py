@@ -139,3 +139,49 @@ def test_a_different_number_of_ranks_is_refused(copy_of_checkpoint, qwen2_dir):
     (copy_of_checkpoint / "meta.json").write_text(json.dumps(meta))
     with pytest.raises(CheckpointError, match="saved by 2 learner rank"):
         load_checkpoint(copy_of_checkpoint, Learner(qwen2_dir, CFG))
+
+
+def test_a_changed_byte_of_the_right_size_is_refused(copy_of_checkpoint):
+    """Random bytes over the optimizer state (same size) passed the size check and trained into NaNs."""
+    optim = next((copy_of_checkpoint / "deepspeed").rglob("*optim_states.pt"))
+    data = bytearray(optim.read_bytes())
+    data[len(data) // 2: len(data) // 2 + 64] = bytes(random.Random(0).randrange(256) for _ in range(64))
+    optim.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=r"optim_states\.pt \(its bytes changed since it was saved"):
+        verify_checkpoint(copy_of_checkpoint)
+
+
+def test_resume_auto_takes_the_newest_checkpoint_that_verifies(saved, tmp_path):
+    from rl.learner.checkpoint import resolve_resume
+
+    _, path, *_ = saved
+    root = tmp_path / "run" / "checkpoints"
+    shutil.copytree(path, root / "step_1")
+    shutil.copytree(path, root / "step_2")
+    (root / "latest").write_text("step_2\n")
+    assert resolve_resume("auto", tmp_path / "run") == root / "step_2"
+    (root / "step_2" / "meta.json").write_text('{"step": 2, "wor')  # torn by a kill
+    assert resolve_resume("auto", tmp_path / "run") == root / "step_1"
+    assert resolve_resume("auto", tmp_path / "elsewhere") is None
+
+
+def test_weights_with_nan_are_never_saved(qwen2_dir, tmp_path):
+    learner = Learner(qwen2_dir, CFG)
+    with torch.no_grad():
+        next(learner.model.parameters())[0, 0] = float("nan")
+    with pytest.raises(CheckpointError, match="the weights hold NaN or inf"):
+        save_checkpoint(tmp_path, learner, 1)
+    assert not (tmp_path / "step_1").exists()
+
+
+def test_a_non_finite_loss_stops_the_step_before_the_optimizer_moves(qwen2_dir):
+    from rl.learner.learner import NonFiniteError
+
+    learner = Learner(qwen2_dir, CFG)
+    bad = batch(0)
+    bad.advantages = torch.tensor([float("nan"), 1.0, 0.5])
+    before = {k: v.clone() for k, v in learner.state_dict_for_inference().items()}
+    with pytest.raises(NonFiniteError, match="the loss is nan"):
+        learner.train_step(bad)
+    assert learner.step == 0
+    assert all(torch.equal(before[k], v) for k, v in learner.state_dict_for_inference().items())
