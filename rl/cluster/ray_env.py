@@ -10,6 +10,7 @@ import os
 import socket
 import sysconfig
 from collections.abc import Awaitable, Callable, Sequence
+from datetime import timedelta
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -73,11 +74,39 @@ def start_ray(address: str, num_cpus: int, modules: Sequence[str] = ()) -> bool:
         if address:
             ray.init(address=address, **common)
         else:
+            _loopback_only()
             ray.init(address="local", num_cpus=num_cpus or None, _node_ip_address="127.0.0.1", **common)
     finally:
         os.environ.update(launcher)
     log.info("Ray %s: %s", "joined" if address else "started locally", ray.cluster_resources())
     return True
+
+
+def _loopback_only() -> None:
+    """Make a local Ray (and the process groups of its actors) listen on loopback only.
+
+    Ray turns `_node_ip_address="127.0.0.1"` into the machine's own address, and its GCS, raylet and
+    workers then listen on every interface, unless Ray runs in its local-only mode (the one it uses
+    on macOS and Windows), where the node's address is loopback and every server binds to it. The
+    mode is read from the environment by every Ray process: set here, before Ray starts any, and
+    in this already-imported process too. Gloo (DeepSpeed's CPU group, the weight broadcast) picks
+    its interface from the hostname unless GLOO_SOCKET_IFNAME names one: the loopback interface."""
+    from ray._private import ray_constants
+
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    if "GLOO_SOCKET_IFNAME" not in os.environ:
+        loopback = loopback_interface()
+        if loopback:
+            os.environ["GLOO_SOCKET_IFNAME"] = loopback
+
+
+def loopback_interface() -> str | None:
+    """The name of the network interface holding 127.0.0.1 (`lo` on Linux), if any."""
+    import psutil
+
+    return next((name for name, addrs in psutil.net_if_addrs().items()
+                 if any(a.family == socket.AF_INET and a.address == "127.0.0.1" for a in addrs)), None)
 
 
 def rendezvous_host(ray_address: str) -> str:
@@ -86,6 +115,20 @@ def rendezvous_host(ray_address: str) -> str:
     import ray
 
     return ray.util.get_node_ip_address() if ray_address else "127.0.0.1"
+
+
+def tcp_store(host: str, port: int, world_size: int, is_master: bool, timeout: timedelta):
+    """A torch.distributed TCPStore whose server (on the master) listens on `host` only: torch's
+    own binds every interface. The socket is bound here and handed to torch, which then owns it."""
+    import torch.distributed as dist
+
+    if not is_master:
+        return dist.TCPStore(host, port, world_size, is_master=False, timeout=timeout)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listener = socket.create_server((host, port), family=family, backlog=1024)
+    # torch's libuv server cannot take a bound socket; its classic one can.
+    return dist.TCPStore(host, port, world_size, is_master=True, timeout=timeout, master_listen_fd=listener.detach(),
+                         use_libuv=False)
 
 
 def free_port(host: str) -> int:

@@ -22,6 +22,8 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+from rl.cluster.ray_env import tcp_store
+
 log = logging.getLogger(__name__)
 
 
@@ -83,7 +85,7 @@ class BroadcastGroup:
         self.address = f"{host}:{port}"
         timeout = timedelta(seconds=timeout_s)
         try:
-            store = dist.TCPStore(host, port, world_size, is_master=rank == 0, timeout=timeout)
+            store = tcp_store(host, port, world_size, is_master=rank == 0, timeout=timeout)
             self._group = dist.ProcessGroupGloo(dist.PrefixStore("turnrl-weights", store), rank, world_size, timeout)
         except RuntimeError as err:
             raise WeightBroadcastError(f"rank {rank} of {world_size} could not join the weight broadcast group at "

@@ -13,10 +13,12 @@ import os
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from transformers import AutoModelForCausalLM
 
 from rl.algo.losses import (
@@ -29,7 +31,7 @@ from rl.algo.losses import (
     token_logprobs,
 )
 from rl.algo.packing import micro_batches, packed_logits, pad_rows
-from rl.cluster.ray_env import free_port
+from rl.cluster.ray_env import free_port, tcp_store
 from rl.errors import TurnRLError
 from rl.learner.settings import DTYPES, LearnerSettings
 from rollout.types import Trajectory
@@ -161,6 +163,14 @@ def init_distributed(backend: str | None = None) -> None:
     accel = get_accelerator()
     if backend is None:
         backend = "gloo" if accel.device_name() == "cpu" else accel.communication_backend_name()
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    if "TORCHELASTIC_RUN_ID" not in os.environ and not dist.is_initialized():
+        # Our own rendezvous (not torchrun's, whose agent serves it): its store listens on
+        # MASTER_ADDR only, where torch's env:// one would listen on every interface. Every rank
+        # joins through the same kind of store, so all see the same keys.
+        store = tcp_store(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world, rank == 0,
+                          timedelta(minutes=30))
+        dist.init_process_group(backend, store=store, rank=rank, world_size=world)
     deepspeed.init_distributed(dist_backend=backend)
 
 
@@ -175,7 +185,6 @@ class Learner:
 
     def __init__(self, model_path: str | Path, cfg: LearnerConfig) -> None:
         import deepspeed
-        import torch.distributed as dist
         from deepspeed.accelerator import get_accelerator
 
         cfg.check()
@@ -215,16 +224,12 @@ class Learner:
         return list(range(self.rank * per_rank, min((self.rank + 1) * per_rank, n)))
 
     def _all_reduce_sum(self, values: torch.Tensor) -> torch.Tensor:
-        import torch.distributed as dist
-
         if self.world_size > 1:
             values = values.to(self.device)
             dist.all_reduce(values)
         return values.cpu()
 
     def _max_over_ranks(self, value: int) -> int:
-        import torch.distributed as dist
-
         if self.world_size == 1:
             return value
         t = torch.tensor([value], device=self.device)
