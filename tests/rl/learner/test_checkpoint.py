@@ -185,3 +185,18 @@ def test_a_non_finite_loss_stops_the_step_before_the_optimizer_moves(qwen2_dir):
         learner.train_step(bad)
     assert learner.step == 0
     assert all(torch.equal(before[k], v) for k, v in learner.state_dict_for_inference().items())
+
+
+def test_a_full_disk_mid_save_says_so_and_leaves_the_last_checkpoint_the_latest(qwen2_dir, tmp_path, monkeypatch):
+    import errno
+
+    learner = Learner(qwen2_dir, CFG)
+    save_checkpoint(tmp_path, learner, 1)
+
+    def no_space(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(learner, "save_pretrained", no_space)
+    with pytest.raises(CheckpointError, match=r"the disk is full \(ENOSPC.*stays the one train.resume=auto takes"):
+        save_checkpoint(tmp_path, learner, 2)
+    assert latest_checkpoint(tmp_path) == tmp_path / "step_1" and not list(tmp_path.glob(".tmp-*"))
