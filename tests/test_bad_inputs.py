@@ -187,3 +187,20 @@ def test_a_store_with_a_broken_line_inside_is_refused_with_file_and_line(tiny_mo
     message = refused(["orm", "train", f"model.path={tiny_model_dir}", f"orm.data=[{store}]",
                        f"orm.path={tmp_path / 'orm'}"], capsys)
     assert f"{store}:2 is not a JSON record" in message
+
+
+def test_a_torn_last_line_is_repaired_when_a_run_resumes_and_the_file_is_named(tmp_path, caplog):
+    """What a kill mid-write leaves is not refused: the resumed run's store and metrics drop the
+    torn line (saying which file) and keep exactly what the checkpoint counted."""
+    from rl.metrics import MetricsSink
+    from rollout.store import TrajectoryStore
+
+    store = tmp_path / "trajectories.jsonl"
+    store.write_text('{"step": 1, "group": "0"}\n{"step": 1, "group": "1"}\n{"step": 2, "gro')
+    metrics = tmp_path / "metrics.jsonl"
+    metrics.write_text('{"step": 0}\n{"step": 1}\n{"step": 2, "x"')
+    TrajectoryStore(store, resume_step=1, keep=2)
+    MetricsSink(tmp_path, {}, "disabled", "p", "", resume_step=1, keep=2).close()
+    assert store.read_text().count("\n") == 2 and metrics.read_text().count("\n") == 2
+    assert f"{store}: dropped its torn last line" in caplog.text
+    assert f"{metrics}: dropped its torn last line" in caplog.text
