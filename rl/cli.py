@@ -58,6 +58,9 @@ Examples:
   turnrl tasks train.out_dir=runs/turnrl-kbsearch   # that pool's lineage trees
   turnrl proposer train                  # the tiny task writer, for an LLM task proposer on CPU
   turnrl train curriculum.enabled=true curriculum.generators=[procedural,llm] replay.ratio=0.5
+  turnrl train env.name=guess env.modules=[my_envs]   # an environment of your own (my_envs.py)
+  turnrl train train.resume=auto        # go on from this run's last checkpoint (or start it)
+  turnrl train train.overwrite=true     # start over in an out_dir that holds a run
   turnrl train --print-config            # show the resolved config and exit
 """
 

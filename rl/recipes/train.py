@@ -115,7 +115,10 @@ def _check_start(cfg: TurnRLConfig, resume_from: Path | None) -> dict | None:
                                  "another train.out_dir")
         for name in found:
             path = out_dir / name
-            shutil.rmtree(path) if path.is_dir() else path.unlink()
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
         if found:
             log.warning("a fresh run in %s: deleted the earlier run's %s", out_dir, ", ".join(found))
         return None
