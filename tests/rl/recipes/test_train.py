@@ -104,3 +104,15 @@ def test_curriculum_run_grows_its_pool_caps_turns_and_resumes_with_the_pool(tiny
     assert generated and all(saved.lineage(t.task.id)[0].depth == 0 for t in generated)  # lineage complete
     resumed = train(load_config([*common, "train.steps=4", "train.resume=auto"]))
     assert resumed["curriculum"]["pool_size"] >= summary["curriculum"]["pool_size"]
+
+
+def test_overwrite_or_resume_auto_without_a_checkpoint_clear_the_earlier_runs_files(tmp_path):
+    from rl.recipes.train import _check_start
+
+    for flag in ("train.overwrite=true", "train.resume=auto"):
+        out = tmp_path / flag.split("=")[0]
+        (out / "checkpoints" / ".tmp-step_1").mkdir(parents=True)
+        for name in ("metrics.jsonl", "summary.json", "train.log"):
+            (out / name).write_text("{}\n")
+        assert _check_start(load_config([f"train.out_dir={out}", flag]), None) is None
+        assert sorted(p.name for p in out.iterdir()) == ["train.log"]  # this run's log is already open
