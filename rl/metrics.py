@@ -19,7 +19,7 @@ import torch
 
 from rl.buffer import BufferStats, ScoredGroup
 from rl.evaluate import EvalResult
-from rollout.store import read_jsonl, rewrite_jsonl
+from rollout.store import cut_back_jsonl
 from rollout.types import Trajectory
 from rollout.worker import RolloutStats
 
@@ -46,12 +46,13 @@ class MetricsSink:
         counted (else those of steps up to `resume_step`)."""
         out_dir.mkdir(parents=True, exist_ok=True)
         self.path = out_dir / "metrics.jsonl"
-        if resume_step == 0 and self.path.exists():
+        # A resumed run replays what came after its checkpoint: those rows would be duplicates.
+        self.history: list[dict[str, Any]] = []
+        if resume_step > 0:
+            self.history = cut_back_jsonl(self.path, resume_step, keep)
+        elif self.path.exists():
             self.path.unlink()
-        elif resume_step > 0:
-            self._drop_after(resume_step, keep)
         self._file = self.path.open("a")
-        self.history: list[dict[str, Any]] = self._read_history()
         self.wandb = None
         mode = resolve_wandb_mode(wandb_mode)
         if mode != "disabled":
@@ -60,16 +61,6 @@ class MetricsSink:
             self.wandb = wandb.init(project=project, name=run_name or None, config=config, mode=mode,
                                     dir=str(out_dir), reinit="finish_previous")
             log.info("wandb run %s (%s) in %s", self.wandb.id, mode, out_dir)
-
-    def _drop_after(self, step: int, keep: int | None) -> None:
-        # A resumed run replays what came after its checkpoint; those old rows would be duplicates
-        # (and a kill may have torn the last one).
-        if self.path.exists():
-            rows = read_jsonl(self.path)
-            rewrite_jsonl(self.path, rows[:keep] if keep is not None else [r for r in rows if r.get("step", 0) <= step])
-
-    def _read_history(self) -> list[dict[str, Any]]:
-        return read_jsonl(self.path)
 
     def log(self, metrics: dict[str, float], step: int) -> None:
         row = {"step": step, **{k: _plain(v) for k, v in metrics.items()}}

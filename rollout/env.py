@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable, Sequence
-from types import ModuleType
 from typing import Protocol, runtime_checkable
 
 from rollout.types import StepResult, Task, ToolCall, ToolSpec
@@ -84,14 +83,12 @@ def first_message(env, task: Task) -> str:
     return f"{task.instruction}\n{observation}" if observation else task.instruction
 
 
-def import_env_modules(names: Sequence[str]) -> list[ModuleType]:
+def import_env_modules(names: Sequence[str]) -> None:
     """Import the modules that register environments of one's own (`env.modules`), so that their
     `@register_env` has run in this process."""
-    modules = []
     for name in names:
         try:
-            modules.append(importlib.import_module(name))
+            importlib.import_module(name)
         except ImportError as err:
             raise ImportError(f"cannot import {name!r} ({err}); it must be importable by name: installed, or "
                               "in a directory on PYTHONPATH") from err
-    return modules

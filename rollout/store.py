@@ -63,11 +63,16 @@ def read_jsonl(path: Path) -> list[dict]:
     return records
 
 
-def rewrite_jsonl(path: Path, records: Iterable[dict]) -> None:
-    """Replace `path` with `records`, atomically (beside it, then renamed over)."""
+def cut_back_jsonl(path: Path, resume_step: int, keep: int | None) -> list[dict]:
+    """A resumed run's JSONL file cut back to what it held at its checkpoint: its first `keep`
+    records when the checkpoint counted them, else those of steps up to `resume_step` (a torn last
+    line goes too); rewritten atomically, and its records returned."""
+    records = read_jsonl(path) if path.exists() else []
+    kept = records[:keep] if keep is not None else [r for r in records if r.get("step", 0) <= resume_step]
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
     tmp.replace(path)
+    return kept
 
 
 class TrajectoryStore:
@@ -79,12 +84,9 @@ class TrajectoryStore:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.records = 0
-        if resume_step is not None and self.path.exists():
-            records = read_jsonl(self.path)
-            kept = records[:keep] if keep is not None else [r for r in records if r["step"] <= resume_step]
-            rewrite_jsonl(self.path, kept)
-            self.records = len(kept)
-        elif resume_step is None and self.path.exists():
+        if resume_step is not None:
+            self.records = len(cut_back_jsonl(self.path, resume_step, keep))
+        elif self.path.exists():
             self.path.unlink()  # a fresh run
 
     def write(self, records: Iterable[dict]) -> None:
