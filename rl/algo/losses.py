@@ -82,30 +82,6 @@ def importance_weights(proximal_logprobs: torch.Tensor, behavior_logprobs: torch
     return torch.where(m, weights, torch.zeros_like(weights))
 
 
-def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """log softmax(logits)[tokens], in float32. logits: [B, T, V], tokens: [B, T] -> [B, T].
-
-    The caller aligns them: to score token t of a sequence pass logits[:, t-1] with tokens[:, t].
-    One row at a time through gather - logsumexp, so no [B, T, V] float32 log-softmax is built.
-    """
-    rows = []
-    for row_logits, row_tokens in zip(logits, tokens, strict=True):
-        row_logits = row_logits.float()
-        picked = row_logits.gather(-1, row_tokens.unsqueeze(-1)).squeeze(-1)
-        rows.append(picked - torch.logsumexp(row_logits, dim=-1))
-    return torch.stack(rows)
-
-
-@torch.no_grad()
-def token_entropy(logits: torch.Tensor) -> torch.Tensor:
-    """Entropy of the next-token distribution at each position (a metric, no grad). [B, T, V] -> [B, T]."""
-    rows = []
-    for row_logits in logits:
-        logp = torch.log_softmax(row_logits.float(), dim=-1)
-        rows.append(-(logp.exp() * logp).sum(-1))
-    return torch.stack(rows)
-
-
 def policy_loss(
     logprobs: torch.Tensor,
     old_logprobs: torch.Tensor,

@@ -11,6 +11,7 @@ import logging
 import math
 import os
 import random
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -21,18 +22,12 @@ import torch
 import torch.distributed as dist
 from transformers import AutoModelForCausalLM
 
-from rl.algo.losses import (
-    importance_weights,
-    kl_k3,
-    loss_units,
-    masked_mean,
-    policy_loss,
-    token_entropy,
-    token_logprobs,
-)
-from rl.algo.packing import micro_batches, packed_logits, pad_rows
+from rl.algo.logprobs import sampled_logprobs
+from rl.algo.losses import importance_weights, kl_k3, loss_units, masked_mean, policy_loss
+from rl.algo.packing import ATTENTION, hidden_states, micro_batches, pad_rows
 from rl.cluster.ray_env import free_port, tcp_store
 from rl.errors import TurnRLError
+from rl.learner.flops import ModelShape, peak_flops, train_flops
 from rl.learner.settings import DTYPES, LearnerSettings
 from rollout.types import Trajectory
 
@@ -197,13 +192,18 @@ class Learner:
         if cfg.dtype != "float32" and self.device.type == "cpu":
             raise ValueError(f"LearnerConfig.dtype={cfg.dtype!r} needs a GPU; CPU training is float32")
 
+        # Packed rows need attention that keeps their sequences apart (rl/algo/packing.py).
+        attention = {"attn_implementation": ATTENTION} if cfg.pack_sequences else {}
         # Loaded in float32: DeepSpeed casts the module for bf16 and keeps fp32 master weights itself.
-        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32, **attention)
         model.config.use_cache = False
+        if cfg.activation_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        self.shape = ModelShape.of(model.config)
         self.ref_model = None
         if cfg.kl_coef > 0:
             # A full copy on every rank: fine up to ZeRO-2 sizes; ZeRO-3-scale models want it sharded too.
-            self.ref_model = AutoModelForCausalLM.from_pretrained(model_path, dtype=_DTYPES[cfg.dtype])
+            self.ref_model = AutoModelForCausalLM.from_pretrained(model_path, dtype=_DTYPES[cfg.dtype], **attention)
             self.ref_model.to(self.device).eval().requires_grad_(False)
 
         optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.adam_eps,
@@ -212,6 +212,7 @@ class Learner:
                                                                  config=deepspeed_config(
             cfg.micro_batch_size, self.world_size, cfg.grad_clip, cfg.zero_stage, bf16=cfg.dtype == "bfloat16"))
         self.step = 0
+        self.peak_flops = peak_flops(self.device, _DTYPES[cfg.dtype], cfg.peak_tflops)
 
     @property
     def model(self) -> torch.nn.Module:
@@ -250,26 +251,31 @@ class Learner:
         mb.loss_mask = mb.loss_mask.masked_fill(dummy.unsqueeze(-1), 0.0)
         return mb.to(self.device)
 
-    def _next_token_logits(self, model: torch.nn.Module, mb: TrainBatch) -> torch.Tensor:
-        """[B, T-1, V] logits of `model` predicting tokens 1.., at the rollout temperature."""
-        if self.cfg.pack_sequences:
-            logits = packed_logits(model, mb.input_ids, mb.attention_mask)[:, :-1]
-        else:
-            logits = model(input_ids=mb.input_ids, attention_mask=mb.attention_mask).logits[:, :-1]
-        return logits if self.cfg.temperature == 1.0 else logits / self.cfg.temperature
+    def _scored_logprobs(self, model: torch.nn.Module, mb: TrainBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Log-probs and entropies [B, T-1] of `model` for the policy tokens 1.. of `mb` (0 elsewhere), at
+        the rollout temperature; the output head runs on those positions only, in chunks."""
+        hidden = hidden_states(model, mb.input_ids, mb.attention_mask, self.cfg.pack_sequences)[:, :-1]
+        scored = (mb.loss_mask[:, 1:] > 0).reshape(-1).nonzero().squeeze(-1)
+        head = (model.module if model is self.engine else model).get_output_embeddings()
+        logprobs, entropy = sampled_logprobs(hidden.reshape(-1, hidden.shape[-1])[scored], head,
+                                             mb.input_ids[:, 1:].reshape(-1)[scored], self.cfg.temperature,
+                                             self.cfg.logprob_chunk_tokens)
+        b, t = hidden.shape[:2]
+        return (logprobs.new_zeros(b * t).index_copy(0, scored, logprobs).view(b, t),
+                entropy.new_zeros(b * t).index_copy(0, scored, entropy).view(b, t))
 
     @torch.no_grad()
     def proximal_logprobs(self, batch: TrainBatch) -> torch.Tensor:
-        """Log-probs [N, T] of `batch`'s tokens under the current weights (at the rollout temperature),
-        aligned like `old_logprobs`: the clip anchor of decoupled PPO. Every rank scores the whole
-        batch (a forward pass, no collectives). Under ZeRO-3 the forward gathers parameters, so call
-        it on every rank."""
+        """Log-probs [N, T] of `batch`'s policy tokens under the current weights (at the rollout
+        temperature; 0 at other positions), aligned like `old_logprobs`: the clip anchor of decoupled
+        PPO. Every rank scores the whole batch (a forward pass, no collectives). Under ZeRO-3 the
+        forward gathers parameters, so call it on every rank."""
         self.engine.eval()
         out = torch.zeros_like(batch.old_logprobs)
         for rows in self._micro_batches(batch, list(range(len(batch)))):
             mb = self._micro_batch(batch, rows)
-            scored = token_logprobs(self._next_token_logits(self.engine, mb), mb.input_ids[:, 1:])
-            out[rows, 1:scored.shape[1] + 1] = scored.cpu() * mb.attention_mask[:, 1:].cpu()
+            scored, _ = self._scored_logprobs(self.engine, mb)
+            out[rows, 1:scored.shape[1] + 1] = scored.cpu()
         return out
 
     def train_step(self, batch: TrainBatch) -> dict[str, float]:
@@ -280,6 +286,7 @@ class Learner:
         `proximal_logprobs`.
         """
         cfg = self.cfg
+        started = self._clock()
         off_policy = cfg.importance_weights != "none"
         if off_policy and batch.proximal_logprobs is None:
             raise ValueError(f"importance_weights={cfg.importance_weights!r} needs batch.proximal_logprobs: "
@@ -293,9 +300,12 @@ class Learner:
         chunks = self._micro_batches(batch, local)
         chunks += [[None]] * (self._max_over_ranks(len(chunks)) - len(chunks))
         mask_rows = batch.loss_mask[local, 1:] if local else torch.zeros(0, 1)
-        local_counts = torch.tensor([float(mask_rows.sum()), float(loss_units(mask_rows, cfg.loss_agg))],
+        lengths = [int(n) for n in batch.attention_mask[local].sum(1)]
+        scored = int((mask_rows > 0).sum())
+        local_counts = torch.tensor([float(mask_rows.sum()), float(loss_units(mask_rows, cfg.loss_agg)),
+                                     float(sum(lengths)), train_flops(self.shape, lengths, scored)],
                                     dtype=torch.float64)
-        total_tokens, total_units = (float(x) for x in self._all_reduce_sum(local_counts))
+        total_tokens, total_units, all_tokens, flops = (float(x) for x in self._all_reduce_sum(local_counts))
         if total_tokens == 0:
             log.warning("train_step: the batch has no policy tokens; the step only decays/moves by momentum")
         # DeepSpeed averages gradients over ranks; multiplying by world_size makes that a plain sum.
@@ -305,12 +315,13 @@ class Learner:
         # Sums over the batch: the loss (per unit), then token-weighted clipfrac, approx_kl, ratio,
         # kl_ref, entropy, importance weight.
         sums = torch.zeros(7, dtype=torch.float64)
+        forward_s = backward_s = 0.0
         for i, chunk in enumerate(chunks):
             self.engine.set_gradient_accumulation_boundary(i == len(chunks) - 1)
             mb = self._micro_batch(batch, chunk)
-            logits = self._next_token_logits(self.engine, mb)
-            targets, mask = mb.input_ids[:, 1:], mb.loss_mask[:, 1:]
-            logprobs = token_logprobs(logits, targets)
+            t0 = self._clock()
+            logprobs, entropies = self._scored_logprobs(self.engine, mb)
+            mask = mb.loss_mask[:, 1:]
             behavior = mb.old_logprobs[:, 1:]
             anchor, weights = behavior, None
             if off_policy:
@@ -323,13 +334,15 @@ class Learner:
             kl_ref = torch.zeros(())
             if self.ref_model is not None:
                 with torch.no_grad():
-                    ref_logprobs = token_logprobs(self._next_token_logits(self.ref_model, mb), targets)
+                    ref_logprobs, _ = self._scored_logprobs(self.ref_model, mb)
                 kl_ref = kl_k3(logprobs, ref_logprobs, mask)
                 loss = loss + cfg.kl_coef * kl_ref
             n_tokens, n_units = float(mask.sum()), float(loss_units(mask, cfg.loss_agg))
+            t1 = self._clock()
             # A micro-batch's mean times its share of the batch's units sums to the batch mean.
             self.engine.backward(loss * (n_units * scale), scale_wrt_gas=False)
-            entropy = masked_mean(token_entropy(logits.detach()), mask).item()
+            forward_s, backward_s = forward_s + t1 - t0, backward_s + self._clock() - t1
+            entropy = masked_mean(entropies, mask).item()
             mean_weight = masked_mean(weights, mask).item() if weights is not None else 1.0
             sums += torch.tensor([loss.item() * n_units] + [n_tokens * v for v in (
                 pg_metrics["clipfrac"].item(), pg_metrics["approx_kl"].item(), pg_metrics["ratio_mean"].item(),
@@ -343,8 +356,10 @@ class Learner:
                 raise NonFiniteError(f"optimizer step {self.step + 1}: the {what} is {value}; no step was taken "
                                      f"and nothing is saved (lr={cfg.lr}: a learning rate too high, or weights "
                                      "from a damaged checkpoint, give this)")
+        t2 = self._clock()
         self.engine.step()
         self.step += 1
+        optimizer_s = self._clock() - t2
         if grad_norm is None:
             grad_norm = self.engine.get_global_grad_norm()
             if grad_norm is not None and not math.isfinite(float(grad_norm)):
@@ -363,7 +378,20 @@ class Learner:
             "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
             "lr": float(self.optimizer.param_groups[0]["lr"]),
             "tokens": total_tokens,
+            # Summed by the caller into perf/ metrics (rl/learner/update.py).
+            "model_flops": flops,
+            "all_tokens": all_tokens,
+            "step_s": time.perf_counter() - started,
+            "forward_s": forward_s,
+            "backward_s": backward_s,
+            "optimizer_s": optimizer_s,
         }
+
+    def _clock(self) -> float:
+        """Seconds, after the device has finished its queued work (a GPU runs asynchronously)."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
 
     def _grad_norm(self) -> float:
         grads = [p.grad for p in self.model.parameters() if p.grad is not None]

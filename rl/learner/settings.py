@@ -35,6 +35,11 @@ class LearnerSettings:
     micro_batch_tokens: int = 0
     pack_sequences: bool = False
     zero_stage: int = 2
+    # Memory (rl/algo/logprobs.py): the output head runs on this many scored positions at a time,
+    # so no more than [logprob_chunk_tokens, vocab] logits exist at once (0: all in one go).
+    logprob_chunk_tokens: int = 1024
+    activation_checkpointing: bool = False  # recompute each layer in the backward pass instead of storing it
+    peak_tflops: float = 0.0  # per learner rank, for perf/mfu; 0: a known GPU's data sheet, else measured
 
     def check(self) -> None:
         """Raise ValueError naming the field of a value no learner can run with."""
@@ -51,6 +56,10 @@ class LearnerSettings:
                 raise ValueError(f"{name}={value} must be {'>' if strict else '>='} {low}")
         if self.is_cap < 1:
             raise ValueError(f"is_cap={self.is_cap} must be >= 1 (it truncates importance weights from above)")
+        for name, value, zero in [("logprob_chunk_tokens", self.logprob_chunk_tokens, "all positions at once"),
+                                  ("peak_tflops", self.peak_tflops, "a data-sheet or measured peak")]:
+            if value < 0:
+                raise ValueError(f"{name}={value} must be >= 0 (0: {zero})")
         if self.micro_batch_tokens < 0:
             raise ValueError(f"micro_batch_tokens={self.micro_batch_tokens} must be >= 0 (0: micro-batches of "
                              f"micro_batch_size={self.micro_batch_size} sequences)")

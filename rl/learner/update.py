@@ -7,6 +7,7 @@ rl/learner/group.py), so everything here is deterministic given its inputs.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 
 import torch
@@ -98,11 +99,30 @@ def policy_update(learner: Learner, critic: Critic | None, settings: UpdateSetti
                                  torch.cat([advantages[keep], torch.tensor([i.advantage for i in replayed])]), pad_id)
         if replayed:
             batch.old_logprobs[len(fresh):, :replay_logprobs.shape[1]] = replay_logprobs
+    proximal_s = 0.0
     if settings.importance_weights != "none":
+        started = time.perf_counter()
         batch.proximal_logprobs = learner.proximal_logprobs(batch)
+        proximal_s = time.perf_counter() - started
     shuffle = torch.Generator().manual_seed(settings.seed * 7919 + step)
     per_update = [learner.train_step(mini_batch) for mini_batch in
                   split_mini_batches(batch, min(settings.mini_batches, len(batch)), shuffle)]
+    perf = {key: sum(m.pop(key) for m in per_update) for key in PERF_KEYS}
     for key in per_update[0]:
         metrics[f"train/{key}"] = sum(m[key] for m in per_update) / len(per_update)
-    return metrics | {"train/optimizer_steps": learner.step}
+    return metrics | perf_metrics(perf, proximal_s, learner.peak_flops * learner.world_size) | {
+        "train/optimizer_steps": learner.step}
+
+
+PERF_KEYS = ("model_flops", "all_tokens", "step_s", "forward_s", "backward_s", "optimizer_s")
+
+
+def perf_metrics(sums: dict[str, float], proximal_s: float, peak_flops: float) -> dict[str, float]:
+    """The learner's speed over one update's optimizer steps (`sums` of their PERF_KEYS): tokens
+    trained per second (prompts included), model FLOPs utilisation against `peak_flops` (all ranks
+    together), and where the seconds went."""
+    seconds = max(sums["step_s"], 1e-9)
+    return {"perf/learner_tokens_per_s": sums["all_tokens"] / seconds,
+            "perf/mfu": sums["model_flops"] / seconds / peak_flops,
+            "perf/learner_forward_s": sums["forward_s"], "perf/learner_backward_s": sums["backward_s"],
+            "perf/learner_optimizer_s": sums["optimizer_s"], "perf/learner_proximal_s": proximal_s}

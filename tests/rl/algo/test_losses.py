@@ -14,8 +14,6 @@ from rl.algo.losses import (
     loss_units,
     masked_mean,
     policy_loss,
-    token_entropy,
-    token_logprobs,
 )
 
 # Two sequences. Ratios r = exp(logprobs - old_logprobs); the last token of row 1 is masked out
@@ -85,21 +83,6 @@ def test_masked_mean_ignores_masked_values_even_nan_and_handles_empty_masks():
     x = torch.tensor([1.0, float("nan"), 3.0, 4.0])
     assert masked_mean(x, torch.tensor([1, 0, 1, 0])).item() == 2.0
     assert masked_mean(x, torch.zeros(4)).item() == 0.0
-
-
-def test_token_logprobs_is_log_softmax_at_the_token():
-    # logsumexp(1, 2, 3) = 3 + log(1 + e^-1 + e^-2) = 3.407606 -> log p(token 2) = 3 - 3.407606 = -0.407606
-    # uniform logits over 3 -> log(1/3) = -1.098612
-    logits = torch.tensor([[[1.0, 2.0, 3.0], [0.0, 0.0, 0.0]]])
-    lp = token_logprobs(logits, torch.tensor([[2, 1]]))
-    torch.testing.assert_close(lp, torch.tensor([[-0.407606, -1.098612]]))
-    bf16 = token_logprobs(logits.bfloat16(), torch.tensor([[2, 1]]))
-    assert bf16.dtype == torch.float32
-
-
-def test_token_entropy_of_uniform_and_peaked_distributions():
-    logits = torch.tensor([[[0.0, 0.0, 0.0, 0.0], [100.0, 0.0, 0.0, 0.0]]])
-    torch.testing.assert_close(token_entropy(logits), torch.tensor([[math.log(4), 0.0]]))
 
 
 # Per-token losses of two sequences of 3 and 1 policy tokens (the 9s are masked out).

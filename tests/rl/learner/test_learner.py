@@ -13,10 +13,14 @@ import pytest
 import torch
 from transformers import Qwen2ForCausalLM
 
-from rl.algo.losses import token_logprobs
 from rl.cluster.ray_env import free_port
 from rl.learner.learner import Learner, LearnerConfig, TrainBatch, make_train_batch, split_mini_batches
 from rollout.types import FinishReason, Trajectory
+
+
+def log_softmax_at(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """log softmax(logits)[tokens] in float32, computed directly: the reference for the learner's."""
+    return torch.log_softmax(logits.float(), -1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
 
 WORKER = Path(__file__).with_name("ds_two_rank_worker.py")
 
@@ -37,7 +41,7 @@ def on_policy_batch(model_dir: Path, advantages: list[float], lengths: list[int]
     with torch.no_grad():
         logits = model(input_ids=input_ids, attention_mask=attention_mask).logits / temperature
     old = torch.zeros(n, t)
-    old[:, 1:] = token_logprobs(logits[:, :-1], input_ids[:, 1:]) * loss_mask[:, 1:]
+    old[:, 1:] = log_softmax_at(logits[:, :-1], input_ids[:, 1:]) * loss_mask[:, 1:]
     return TrainBatch(input_ids, attention_mask, loss_mask, old, torch.tensor(advantages))
 
 
@@ -46,7 +50,7 @@ def policy_logprobs(learner: Learner, batch: TrainBatch) -> torch.Tensor:
     input_ids = batch.input_ids.to(learner.device)
     with torch.no_grad():
         logits = learner.model(input_ids=input_ids, attention_mask=batch.attention_mask.to(learner.device)).logits
-    return token_logprobs(logits[:, :-1].float(), input_ids[:, 1:]).cpu()
+    return log_softmax_at(logits[:, :-1].float(), input_ids[:, 1:]).cpu()
 
 
 def weights(learner: Learner) -> dict[str, torch.Tensor]:
@@ -139,17 +143,22 @@ def test_decoupled_ppo_clips_against_the_proximal_policy_and_weights_by_the_beha
 
 
 @pytest.mark.parametrize("loss_agg", ["token-mean", "seq-mean-token-mean"])
-def test_micro_batching_gives_the_same_update_as_one_big_batch(qwen2_dir, loss_agg):
+def test_micro_batching_chunking_and_checkpointing_give_the_same_update_as_one_big_batch(qwen2_dir, loss_agg):
     # adam_eps=1 makes Adam's first steps nearly linear in the gradient, so a wrongly scaled
     # micro-batch would show in the weights (with eps=1e-8 Adam's first step is ~ lr * sign(grad)).
     cfg = LearnerConfig(lr=0.5, adam_eps=1.0, grad_clip=0.0, loss_agg=loss_agg)
     # Unequal lengths: a per-micro-batch token-mean would weight these rows differently.
     batch = on_policy_batch(qwen2_dir, [1.0, -0.5, 2.0, -1.0, 0.3], [16, 6, 11, 4, 9])
     results = []
-    # Row-count micro-batches, token-budget ones (padded and packed: rl/algo/packing.py), one packed row.
+    # Row-count micro-batches, token-budget ones (padded and packed: rl/algo/packing.py), one packed
+    # row; log-probs in chunks of a few positions or all at once (rl/algo/logprobs.py); layers
+    # recomputed in the backward pass.
     for cut in ({"micro_batch_size": 1}, {"micro_batch_size": 2}, {"micro_batch_size": 5},
                 {"micro_batch_tokens": 20}, {"micro_batch_tokens": 20, "pack_sequences": True},
-                {"micro_batch_size": 5, "pack_sequences": True}):
+                {"micro_batch_size": 5, "pack_sequences": True},
+                {"micro_batch_size": 5, "logprob_chunk_tokens": 0}, {"micro_batch_size": 2, "logprob_chunk_tokens": 3},
+                {"micro_batch_tokens": 20, "pack_sequences": True, "activation_checkpointing": True,
+                 "logprob_chunk_tokens": 4}):
         learner = Learner(qwen2_dir, dataclasses.replace(cfg, **cut))
         metrics = [learner.train_step(batch) for _ in range(2)]
         results.append((weights(learner), metrics))

@@ -8,12 +8,16 @@ import torch
 from transformers import Qwen2ForCausalLM
 
 from curricula.replay import ReplayItem
-from rl.algo.losses import token_logprobs
 from rl.build import update_settings
 from rl.config import load_config
 from rl.learner.learner import Learner, LearnerConfig, make_train_batch
 from rl.learner.update import policy_update, score_replay
 from rollout.types import FinishReason, Trajectory
+
+
+def log_softmax_at(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """log softmax(logits)[tokens] in float32, computed directly: the reference for the learner's."""
+    return torch.log_softmax(logits.float(), -1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
 
 
 def episode(tokens: list[int], success: bool = True, group: str = "0") -> Trajectory:
@@ -29,7 +33,7 @@ def hand_confidence(model_dir, traj: Trajectory) -> float:
     model = Qwen2ForCausalLM.from_pretrained(model_dir)
     ids = torch.tensor([traj.token_ids])
     with torch.no_grad():
-        logprobs = token_logprobs(model(input_ids=ids).logits[:, :-1], ids[:, 1:])[0]
+        logprobs = log_softmax_at(model(input_ids=ids).logits[:, :-1], ids[:, 1:])[0]
     trained = [lp for lp, m in zip(logprobs.tolist(), traj.loss_mask[1:], strict=True) if m]
     return float(torch.tensor(trained).mean().exp())
 
@@ -81,7 +85,7 @@ def test_confident_replay_trains_when_fresh_groups_carry_no_signal(qwen2_dir):
 def hand_confidence_of(learner: Learner, traj: Trajectory) -> float:
     ids = torch.tensor([traj.token_ids])
     with torch.no_grad():
-        logprobs = token_logprobs(learner.model(input_ids=ids).logits[:, :-1], ids[:, 1:])[0]
+        logprobs = log_softmax_at(learner.model(input_ids=ids).logits[:, :-1], ids[:, 1:])[0]
     return float(logprobs[traj.prompt_length - 1:].mean().exp())
 
 

@@ -48,6 +48,8 @@ def test_train_writes_summary_report_metrics_and_checkpoints(run):
     for prefix in ("rollout/", "train/", "reward/", "perf/", "eval/"):
         assert any(k.startswith(prefix) for r in rows for k in r), prefix
     assert all(r["perf/weight_sync_s"] > 0 for r in steps)
+    # The learner's speed on every step (rl/learner/flops.py): a utilisation is a fraction of a peak.
+    assert all(0 < r["perf/mfu"] < 1 and r["perf/learner_tokens_per_s"] > 0 for r in steps)
     assert (out / "report.png").stat().st_size > 1000
     assert (out / "checkpoints" / "step_2" / "meta.json").exists()
     assert (out / "final_model" / "config.json").exists()
