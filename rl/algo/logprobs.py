@@ -23,8 +23,9 @@ def _chunk(hidden: torch.Tensor, targets: torch.Tensor, head: torch.nn.Module,
     logsumexp = torch.logsumexp(logits, dim=-1)
     picked = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - logsumexp
     with torch.no_grad():  # a metric: no gradient, and nothing kept for the backward pass
-        logp = logits - logsumexp.unsqueeze(-1)
-        entropy = -(logp.exp() * logp).sum(-1)
+        # H = logsumexp - sum(p * logits): one [N, V] temporary (p), the product summed in place.
+        probs = (logits - logsumexp.unsqueeze(-1)).exp_()
+        entropy = logsumexp - torch.linalg.vecdot(probs, logits)
     return picked, entropy
 
 

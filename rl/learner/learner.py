@@ -200,6 +200,10 @@ class Learner:
         if cfg.activation_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.shape = ModelShape.of(model.config)
+        # Scored positions per chunk of logits (rl/algo/logprobs.py); 0: all at once.
+        self.chunk_tokens = 0
+        if cfg.logits_chunk_mb:
+            self.chunk_tokens = max(1, int(cfg.logits_chunk_mb * 2**20 / (4 * self.shape.vocab)))
         self.ref_model = None
         if cfg.kl_coef > 0:
             # A full copy on every rank: fine up to ZeRO-2 sizes; ZeRO-3-scale models want it sharded too.
@@ -259,7 +263,7 @@ class Learner:
         head = (model.module if model is self.engine else model).get_output_embeddings()
         logprobs, entropy = sampled_logprobs(hidden.reshape(-1, hidden.shape[-1])[scored], head,
                                              mb.input_ids[:, 1:].reshape(-1)[scored], self.cfg.temperature,
-                                             self.cfg.logprob_chunk_tokens)
+                                             self.chunk_tokens)
         b, t = hidden.shape[:2]
         return (logprobs.new_zeros(b * t).index_copy(0, scored, logprobs).view(b, t),
                 entropy.new_zeros(b * t).index_copy(0, scored, entropy).view(b, t))

@@ -35,9 +35,10 @@ class LearnerSettings:
     micro_batch_tokens: int = 0
     pack_sequences: bool = False
     zero_stage: int = 2
-    # Memory (rl/algo/logprobs.py): the output head runs on this many scored positions at a time,
-    # so no more than [logprob_chunk_tokens, vocab] logits exist at once (0: all in one go).
-    logprob_chunk_tokens: int = 1024
+    # Memory (rl/algo/logprobs.py): the output head runs on as many scored positions at a time as
+    # keep their float32 logits within this many MiB (151,936-token vocabulary: 441 positions at
+    # 256), recomputing each chunk in the backward pass; 0: all positions at once, no recomputation.
+    logits_chunk_mb: float = 256.0
     activation_checkpointing: bool = False  # recompute each layer in the backward pass instead of storing it
     peak_tflops: float = 0.0  # per learner rank, for perf/mfu; 0: a known GPU's data sheet, else measured
 
@@ -56,7 +57,7 @@ class LearnerSettings:
                 raise ValueError(f"{name}={value} must be {'>' if strict else '>='} {low}")
         if self.is_cap < 1:
             raise ValueError(f"is_cap={self.is_cap} must be >= 1 (it truncates importance weights from above)")
-        for name, value, zero in [("logprob_chunk_tokens", self.logprob_chunk_tokens, "all positions at once"),
+        for name, value, zero in [("logits_chunk_mb", self.logits_chunk_mb, "all positions at once"),
                                   ("peak_tflops", self.peak_tflops, "a data-sheet or measured peak")]:
             if value < 0:
                 raise ValueError(f"{name}={value} must be >= 0 (0: {zero})")

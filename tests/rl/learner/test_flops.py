@@ -51,3 +51,4 @@ def test_a_learner_step_reports_its_model_flops_and_the_update_its_mfu(qwen2_dir
                                                  "optimizer_s")}, 0.0, learner.peak_flops)
     assert perf["perf/mfu"] == pytest.approx(metrics["model_flops"] / metrics["step_s"] / 1e12)
     assert perf["perf/learner_tokens_per_s"] == pytest.approx(11 / metrics["step_s"])
+

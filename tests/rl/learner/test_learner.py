@@ -151,14 +151,14 @@ def test_micro_batching_chunking_and_checkpointing_give_the_same_update_as_one_b
     batch = on_policy_batch(qwen2_dir, [1.0, -0.5, 2.0, -1.0, 0.3], [16, 6, 11, 4, 9])
     results = []
     # Row-count micro-batches, token-budget ones (padded and packed: rl/algo/packing.py), one packed
-    # row; log-probs in chunks of a few positions or all at once (rl/algo/logprobs.py); layers
-    # recomputed in the backward pass.
+    # row; log-probs in chunks of 4 or 8 positions (a thousandth of a MiB over 64 tokens) or all at
+    # once (rl/algo/logprobs.py); layers recomputed in the backward pass.
     for cut in ({"micro_batch_size": 1}, {"micro_batch_size": 2}, {"micro_batch_size": 5},
                 {"micro_batch_tokens": 20}, {"micro_batch_tokens": 20, "pack_sequences": True},
                 {"micro_batch_size": 5, "pack_sequences": True},
-                {"micro_batch_size": 5, "logprob_chunk_tokens": 0}, {"micro_batch_size": 2, "logprob_chunk_tokens": 3},
+                {"micro_batch_size": 5, "logits_chunk_mb": 0}, {"micro_batch_size": 2, "logits_chunk_mb": 0.001},
                 {"micro_batch_tokens": 20, "pack_sequences": True, "activation_checkpointing": True,
-                 "logprob_chunk_tokens": 4}):
+                 "logits_chunk_mb": 0.002}):
         learner = Learner(qwen2_dir, dataclasses.replace(cfg, **cut))
         metrics = [learner.train_step(batch) for _ in range(2)]
         results.append((weights(learner), metrics))
@@ -223,3 +223,10 @@ def test_two_rank_zero2_matches_one_rank_and_resumes(qwen2_dir, tmp_path, cut):
     assert resume["step"] == 1 and resume["extra"] == {"note": "two ranks"}
     for name, tensor in resume["a"].items():
         torch.testing.assert_close(resume["b"][name], tensor, rtol=0, atol=1e-7)
+
+
+def test_the_logits_budget_sets_the_positions_per_chunk(qwen2_dir):
+    # float32 logits over 64 tokens are 256 bytes a position: 1 MiB holds 4,096, a thousandth of one 4.
+    assert Learner(qwen2_dir, LearnerConfig(logits_chunk_mb=1)).chunk_tokens == 4096
+    assert Learner(qwen2_dir, LearnerConfig(logits_chunk_mb=0.001)).chunk_tokens == 4
+    assert Learner(qwen2_dir, LearnerConfig(logits_chunk_mb=0)).chunk_tokens == 0
