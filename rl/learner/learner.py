@@ -215,6 +215,10 @@ class Learner:
         self.engine, self.optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer,
                                                                  config=deepspeed_config(
             cfg.micro_batch_size, self.world_size, cfg.grad_clip, cfg.zero_stage, bf16=cfg.dtype == "bfloat16"))
+        if self.world_size == 1 and cfg.zero_stage == 0:
+            # Nothing to reduce over one rank, and DeepSpeed's stage-0 reduction first copies every
+            # gradient into a flat buffer: as much memory again as the gradients, for nothing.
+            self.engine.enable_backward_allreduce = False
         self.step = 0
         self.peak_flops = peak_flops(self.device, _DTYPES[cfg.dtype], cfg.peak_tflops)
 

@@ -9,11 +9,13 @@ float32 on the CPU with activation checkpointing (`algo.activation_checkpointing
 ZeRO stage 0 (one rank: ZeRO would shard nothing and adds flat copies of its own), AdamW. Each arm
 runs in its own process under an address-space limit (`--limit-gib`), so an arm that needs more
 fails with an allocation error instead of taking the machine down; a background thread samples
-the process's resident memory every 20 ms through the measured step.
+the process's resident memory every 20 ms through the measured step. Resident memory also counts
+what glibc's allocator keeps after torch frees it, so the chunked arm runs twice: with glibc's
+defaults and with its mmap threshold fixed at 1 MiB (`MALLOC_MMAP_THRESHOLD_`).
 
 The bound checked is the one of the issue: the step's peak within 3 GiB of the process's memory
 before the model was built plus weights, gradients and AdamW's two moments (16 bytes a parameter).
-The chunked arm also times the proximal policy's log-prob pass (a forward without gradient).
+The first arm also times the proximal policy's log-prob pass (a forward without gradient).
 Writes tests/benchmarks/results/learner_memory.json (or `--out`).
 """
 
@@ -36,8 +38,13 @@ GIB = 2**30
 QWEN25_05B = {"vocab_size": 151936, "hidden_size": 896, "intermediate_size": 4864, "num_hidden_layers": 24,
               "num_attention_heads": 14, "num_key_value_heads": 2, "max_position_embeddings": 32768,
               "rope_theta": 1000000.0, "tie_word_embeddings": True}
-ARMS = {"chunked (logits_chunk_mb=256, the default)": {"logits_chunk_mb": 256.0},
-        "unchunked (logits_chunk_mb=0)": {"logits_chunk_mb": 0.0}}
+# glibc keeps freed blocks under its dynamic mmap threshold (up to 32 MiB) in its heap, where they
+# fragment: resident memory then counts blocks torch has freed. With the threshold fixed at 1 MiB
+# every large tensor is its own mapping, returned to the system when freed.
+FIXED_MMAP = {"MALLOC_MMAP_THRESHOLD_": str(2**20)}
+ARMS = {"chunked (logits_chunk_mb=256, the default)": ({"logits_chunk_mb": 256.0}, {}),
+        "chunked, glibc mmap threshold 1 MiB": ({"logits_chunk_mb": 256.0}, FIXED_MMAP),
+        "unchunked (logits_chunk_mb=0), glibc mmap threshold 1 MiB": ({"logits_chunk_mb": 0.0}, FIXED_MMAP)}
 
 
 def rss() -> int:
@@ -80,13 +87,12 @@ def batch(tokens: int, prompt: int, vocab: int, seed: int = 0):
 def child(model_dir: str, arm: str, tokens: int) -> dict:
     """One arm, in this process: build the learner, a short warm-up step (AdamW's state exists after
     it), then the measured step."""
-    import torch
 
     from rl.learner.learner import Learner, LearnerConfig
 
     before_model = rss()
     cfg = LearnerConfig(lr=1e-6, zero_stage=0, micro_batch_size=1, activation_checkpointing=True,
-                        peak_tflops=0.0, **ARMS[arm])
+                        peak_tflops=0.0, **ARMS[arm][0])
     learner = Learner(model_dir, cfg)
     params = sum(p.numel() for p in learner.model.parameters())
     vocab = learner.shape.vocab
@@ -103,7 +109,7 @@ def child(model_dir: str, arm: str, tokens: int) -> dict:
             "timing_s": {k: metrics[k] for k in ("step_s", "forward_s", "backward_s", "optimizer_s")},
             "mfu": metrics["model_flops"] / metrics["step_s"] / learner.peak_flops,
             "peak_tflops": learner.peak_flops / 1e12, "tokens_per_s": tokens / metrics["step_s"]}
-    if cfg.logits_chunk_mb:
+    if arm == next(iter(ARMS)):  # once
         started = time.perf_counter()
         learner.proximal_logprobs(step)
         out["timing_s"]["proximal_logprobs_s"] = time.perf_counter() - started
@@ -119,10 +125,11 @@ def run_arm(model_dir: Path, arm: str, tokens: int, limit_gib: float) -> dict:
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
     proc = subprocess.run([sys.executable, __file__, "--child", arm, "--model", str(model_dir), "--tokens",
-                           str(tokens)], preexec_fn=cap, capture_output=True, text=True)
+                           str(tokens)], preexec_fn=cap, capture_output=True, text=True,
+                          env=os.environ | ARMS[arm][1])
     for line in reversed(proc.stdout.splitlines()):
         if line.startswith("{"):
-            return json.loads(line) | {"address_space_limit_gib": limit_gib}
+            return json.loads(line) | {"address_space_limit_gib": limit_gib, "environment": ARMS[arm][1]}
     return {"arm": arm, "ok": False, "address_space_limit_gib": limit_gib,
             "error": f"exit {proc.returncode}: {proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else ''}"}
 
@@ -160,7 +167,8 @@ def main() -> None:
               "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                           "memory_gib": os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / GIB},
               "results": rows,
-              "command": f"python tests/benchmarks/learner_memory.py --tokens {args.tokens} --limit-gib {args.limit_gib}"}
+              "command": f"python tests/benchmarks/learner_memory.py --tokens {args.tokens} "
+                         f"--limit-gib {args.limit_gib}"}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"-> {args.out}")

@@ -230,3 +230,19 @@ def test_the_logits_budget_sets_the_positions_per_chunk(qwen2_dir):
     assert Learner(qwen2_dir, LearnerConfig(logits_chunk_mb=1)).chunk_tokens == 4096
     assert Learner(qwen2_dir, LearnerConfig(logits_chunk_mb=0.001)).chunk_tokens == 4
     assert Learner(qwen2_dir, LearnerConfig(logits_chunk_mb=0)).chunk_tokens == 0
+
+
+def test_one_rank_stage_0_skips_deepspeeds_gradient_copy_and_updates_as_stage_2(qwen2_dir, monkeypatch):
+    # Stage 0's reduction flattens every gradient into a buffer as large as all of them, then
+    # reduces over a group of one: skipped on one rank, with the same update as ZeRO-2's.
+    cfg = LearnerConfig(lr=0.5, adam_eps=1.0, grad_clip=0.0)
+    batch = on_policy_batch(qwen2_dir, [1.0, -0.5, 2.0], [12, 6, 9])
+    plain = Learner(qwen2_dir, dataclasses.replace(cfg, zero_stage=0))
+    monkeypatch.setattr(plain.engine, "allreduce_gradients",
+                        lambda *a, **k: pytest.fail("one rank reduced its gradients"))
+    plain.train_step(batch)
+    zero2 = Learner(qwen2_dir, dataclasses.replace(cfg, zero_stage=2))
+    zero2.train_step(batch)
+    reference = weights(zero2)
+    for name, tensor in weights(plain).items():
+        torch.testing.assert_close(tensor, reference[name], rtol=1e-5, atol=1e-6)
